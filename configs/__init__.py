@@ -1,0 +1,1 @@
+"""Configuration files (ml-collections ``get_config(variant)``); see ``presets.py``."""

@@ -1,0 +1,275 @@
+"""def-jax configuration presets (DEF_METHOD.md §9), ml-collections style.
+
+Use from the command line as ``--config=configs/presets.py:VARIANT`` and override any field with
+``--config.FIELD=VALUE``, e.g. ``--config.sampler.steps=20 --config.ensemble.guidance_scale=0.3``.
+
+Variants:
+  demo             the embedded mini-HRRR (64×64), small U-Nets; the default of every command.
+  hrrr_expanded    seed 1: HRRR 3 km, expanded variables, base width 128, DPM-Solver++ 2M, B=16, K=8, λ=0.1, 240 h.
+  hrrr_4090        seed 2 phase 1 (one RTX 4090): direct generative mode on the past 4 h, width 64, 200 sampler steps,
+                   batch 1 on crops, 50 members.
+  hrrr_production  seed 2 phase 2: multi-GPU, a year of data, width 256, 1000-step ancestral sampling, 50 members.
+  era5_paper       the DEF authors' ERA5 5.625° setting: 32×64, 6 h, linear schedule, DPM-Solver++ 2M 10 steps,
+                   32 members, K=3 (sweep 1/3/7), λ=0.5, per-sample normalization.
+
+Every field is listed here with its meaning; ``def-jax config`` prints the resolved values. Which command consumes a
+section is noted in its comment; fields of stages not built yet are read by nothing so far (docs/CONFIG.md).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+VARIANTS = ("demo", "hrrr_expanded", "hrrr_4090", "hrrr_production", "era5_paper")
+
+# The 13 HRRR pressure levels of the expanded set (hPa), DEF_METHOD §2.
+HRRR_LEVELS = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000)
+
+
+def _unet(base_channels: int, channel_mults, attention_levels, **kw) -> ml_collections.ConfigDict:
+    """U-Net hyperparameters shared by the forecaster G_φ and the denoiser ε_θ (issue 4 builds the models)."""
+    return ml_collections.ConfigDict(
+        dict(
+            base_channels=base_channels,  # width of the first level
+            channel_mults=tuple(channel_mults),  # width of level l = round(base_channels * channel_mults[l])
+            num_res_blocks=kw.get("num_res_blocks", 2),  # residual blocks per level
+            attention_levels=tuple(attention_levels),  # levels (0 = full resolution) with self-attention
+            mid_attention=True,  # self-attention in the middle block
+            attention_gates=True,  # attention gates on the skip connections (seed 1)
+            num_heads=kw.get("num_heads", 4),
+            norm_groups=kw.get("norm_groups", 8),  # GroupNorm groups
+            dropout=kw.get("dropout", 0.0),
+            time_embedding_dim=kw.get("time_embedding_dim", 4 * base_channels),
+            remat=False,  # rematerialize each block in the backward pass (memory for compute)
+            dtype="float32",  # compute dtype: float32 | bfloat16 (parameters stay float32)
+        )
+    )
+
+
+def _training(**kw) -> ml_collections.ConfigDict:
+    """Optimizer and loop settings for one model (seed 1 defaults: AdamW, warmup + cosine, clip 1.0)."""
+    cfg = ml_collections.ConfigDict(
+        dict(
+            epochs=kw.get("epochs", 20),  # passes over the training period (seed 1: 20 for G_φ)
+            max_steps=kw.get("max_steps", 0),  # > 0 caps the optimizer steps (overrides epochs)
+            batch_size=kw.get("batch_size", 4),  # global batch per optimizer micro-step
+            grad_accum=kw.get("grad_accum", 1),  # micro-steps per optimizer update
+            learning_rate=kw.get("learning_rate", 2e-4),
+            warmup_steps=kw.get("warmup_steps", 500),
+            lr_schedule="cosine",  # warmup + cosine decay | constant
+            min_lr_ratio=0.01,  # final learning rate / peak
+            weight_decay=kw.get("weight_decay", 1e-4),
+            grad_clip=1.0,  # global-norm gradient clipping
+            ema_decay=kw.get("ema_decay", 0.0),  # > 0 keeps an EMA of the weights (used for sampling)
+            eval_every=kw.get("eval_every", 500),
+            checkpoint_every=kw.get("checkpoint_every", 500),
+            keep_checkpoints=3,
+            log_every=kw.get("log_every", 50),
+        )
+    )
+    return cfg
+
+
+def _base() -> ml_collections.ConfigDict:
+    """The demo preset; the other presets start from it and change what differs."""
+    c = ml_collections.ConfigDict()
+    c.preset = "demo"
+    c.seed = 0
+
+    # --- data (prepare, stats, synth, loader) ---------------------------------------------------------------------
+    c.data = ml_collections.ConfigDict()
+    c.data.store = "demo_output/mini_hrrr.zarr"  # the Zarr store every stage reads
+    c.data.catalogue = "hrrr_expanded"  # channel catalogue: built-in name or a YAML/JSON file
+    c.data.levels = HRRR_LEVELS  # pressure levels (hPa) of the 3-D variables
+    c.data.grid_shape = (64, 64)  # (ny, nx) of the fields the models see
+    c.data.crop_shape = (0, 0)  # random training crops (0, 0) = full grid
+    c.data.dt_hours = 1  # Δt of one forecaster step
+    c.data.history = 1  # past states given to G_φ (direct mode: diffusion.direct_history)
+    c.data.normalization = "global"  # global (training-period mean/std per channel) | per_sample (authors)
+    c.data.time_encodings = True  # sin/cos of hour-of-day and day-of-year as input channels
+    c.data.statics = ("orography", "land_mask", "latitude", "longitude")
+    c.data.train_period = "2024-06-01T00:2024-06-10T23"
+    c.data.val_period = "2024-06-11T00:2024-06-12T23"
+    c.data.test_period = "2024-06-13T00:2024-06-14T23"
+    c.data.workers = 0  # Grain worker processes (0 = in-process)
+    c.data.synth = ml_collections.ConfigDict(  # the embedded mini-HRRR generator (def-jax synth)
+        dict(start="2024-06-01T00", hours=336, stride=0, seed=0)
+    )
+
+    # --- models --------------------------------------------------------------------------------------------------
+    c.forecaster = _unet(32, (1, 2, 4), attention_levels=(2,))
+    c.forecaster.predict_increment = True  # G_φ predicts X_{t+1} − X_t
+    c.denoiser = _unet(32, (1, 2, 4), attention_levels=(2,))
+
+    # --- diffusion (train-diffusion, samplers) -------------------------------------------------------------------
+    c.diffusion = ml_collections.ConfigDict()
+    c.diffusion.schedule = "cosine"  # cosine (seed 1) | linear (authors)
+    c.diffusion.num_steps = 1000  # T, discrete training steps
+    c.diffusion.p_uncond = 0.1  # classifier-free guidance condition dropout
+    c.diffusion.p_advance = 0.5  # random advancement through G_φ (DEF_METHOD §4)
+    c.diffusion.mode = "def"  # def (perturbation walks + G_φ) | direct (sample X_{t+1} from the past)
+    c.diffusion.direct_history = 4  # direct mode: past hourly states in the condition (seed 2)
+    c.diffusion.direct_residual = False  # direct mode: diffuse X_{t+1} − G_φ(X_t) (StormCast-style)
+
+    # --- training ------------------------------------------------------------------------------------------------
+    c.training = ml_collections.ConfigDict()
+    c.training.forecaster = _training(epochs=20, batch_size=8, warmup_steps=100, eval_every=200)
+    c.training.forecaster.rollout_steps = 1  # k-step autoregressive loss (authors: 4)
+    c.training.forecaster.rollout_discount = 0.99  # γ of the k-step loss
+    c.training.forecaster.area_weights = False
+    c.training.forecaster.variable_weights = config_dict.placeholder(str)  # JSON {channel: weight} or None
+    c.training.diffusion = _training(epochs=20, batch_size=8, warmup_steps=100, ema_decay=0.999, eval_every=200)
+    c.training.mixed_precision = False  # bf16 compute with fp32 master weights (GPU)
+
+    # --- sampler (forecast, bench sampler) -----------------------------------------------------------------------
+    c.sampler = ml_collections.ConfigDict()
+    c.sampler.name = "dpm_solver_pp"  # dpm_solver_pp | dpm_solver_pp_adaptive | ddim | ddpm
+    c.sampler.steps = 10  # S, network evaluations per reverse diffusion (fixed-step samplers)
+    c.sampler.order = 2  # dpm_solver_pp: 1-3; adaptive: 2-3
+    c.sampler.method = "multistep"  # dpm_solver_pp: multistep | singlestep
+    c.sampler.spacing = "logSNR"  # logSNR | time_uniform | time_quadratic
+    c.sampler.t_end = config_dict.placeholder(float)  # None = 1/T (1e-3 for T = 1000)
+    c.sampler.lower_order_final = True  # dpm_solver_pp multistep, < 15 steps
+    c.sampler.denoise_to_zero = False  # finish with x̂_0 at t_end (+1 NFE)
+    c.sampler.eta = 0.0  # ddim stochasticity
+    c.sampler.atol = 0.0078  # adaptive: absolute tolerance
+    c.sampler.rtol = 0.05  # adaptive: relative tolerance
+    c.sampler.max_nfe = 1000  # adaptive: evaluation budget (NaN output if exceeded)
+
+    # --- ensemble (forecast) -------------------------------------------------------------------------------------
+    c.ensemble = ml_collections.ConfigDict()
+    c.ensemble.members = 8  # B
+    c.ensemble.walks = 2  # K chained perturbation walks per step
+    c.ensemble.guidance_scale = 0.5  # λ
+    c.ensemble.lead_hours = 24
+    c.ensemble.corrector = False  # re-standardize after each solver step (per_sample normalization only)
+    c.ensemble.include_deterministic = True  # also run the unperturbed G_φ rollout
+    c.ensemble.member_chunk = 0  # members per device pass (0 = all)
+
+    # --- guidance tuning (tune-guidance) -------------------------------------------------------------------------
+    c.tuning = ml_collections.ConfigDict()
+    c.tuning.guidance_scales = (0.3, 0.5, 0.7, 1.0)  # authors' grid
+    c.tuning.walks = (1, 3, 7)  # authors' grid
+
+    # --- evaluation ----------------------------------------------------------------------------------------------
+    c.evaluation = ml_collections.ConfigDict()
+    c.evaluation.fair_crps = True
+    c.evaluation.refc_thresholds = (20.0, 35.0, 45.0)  # dBZ
+    c.evaluation.cape_thresholds = (500.0, 1000.0, 2000.0)  # J/kg
+    c.evaluation.fss_windows = (1, 3, 9)  # neighbourhood sizes (grid points)
+    c.evaluation.area_weighting = "uniform"  # uniform | map_factor (Lambert) | coslat (lat-lon)
+
+    # --- parallelism ---------------------------------------------------------------------------------------------
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.data_axis = -1  # devices on the data (batch/member) axis; -1 = all that remain
+    c.parallel.spatial_axis = 1  # devices sharding the y dimension of full-domain fields
+    c.parallel.coordinator_address = ""  # multi-host: host:port of process 0 ("" = auto-detect or single host)
+    c.parallel.num_processes = 0  # multi-host: 0 = auto-detect
+    c.parallel.process_id = -1  # multi-host: -1 = auto-detect
+    return c
+
+
+def _hrrr_grid(c: ml_collections.ConfigDict) -> None:
+    c.data.store = "data/hrrr.zarr"
+    c.data.grid_shape = (1059, 1799)  # native HRRR CONUS, 3 km
+    c.data.train_period = "2024-01-01T00:2024-09-30T23"
+    c.data.val_period = "2024-10-01T00:2024-11-15T23"
+    c.data.test_period = "2024-11-16T00:2024-12-31T23"
+
+
+def _hrrr_expanded(c: ml_collections.ConfigDict) -> None:
+    _hrrr_grid(c)
+    c.forecaster = _unet(128, (1, 2, 2, 4), attention_levels=(2, 3))
+    c.forecaster.predict_increment = True
+    c.denoiser = _unet(128, (1, 2, 2, 4), attention_levels=(2, 3))
+    c.data.crop_shape = (512, 512)
+    for t in (c.training.forecaster, c.training.diffusion):
+        t.batch_size, t.grad_accum = 4, 4  # batch 4, accumulation to 16
+        t.warmup_steps, t.eval_every, t.checkpoint_every = 1000, 1000, 1000
+    c.training.mixed_precision = True
+    c.sampler.steps = 10  # DPM-Solver++ 2M
+    c.ensemble.members, c.ensemble.walks, c.ensemble.guidance_scale = 16, 8, 0.1
+    c.ensemble.lead_hours = 240
+
+
+def _hrrr_4090(c: ml_collections.ConfigDict) -> None:
+    _hrrr_grid(c)
+    c.data.train_period = "2024-06-01T00:2024-06-14T23"  # 14 days (seed 2 phase 1)
+    c.data.val_period = "2024-06-15T00:2024-06-17T23"
+    c.data.test_period = "2024-06-18T00:2024-06-20T23"
+    c.data.crop_shape = (256, 256)
+    c.forecaster = _unet(64, (1, 2, 4, 4), attention_levels=(3,))
+    c.forecaster.predict_increment = True
+    c.denoiser = _unet(64, (1, 2, 4, 4), attention_levels=(3,))
+    c.denoiser.remat = True
+    c.diffusion.mode = "direct"  # seed 2: sample X_{t+1} conditioned on the past 4 hours
+    for t in (c.training.forecaster, c.training.diffusion):
+        t.batch_size, t.grad_accum = 1, 1
+    c.training.mixed_precision = True
+    c.sampler.steps = 200
+    c.ensemble.members, c.ensemble.walks, c.ensemble.guidance_scale = 50, 1, 1.0
+    c.ensemble.lead_hours = 24
+    c.ensemble.member_chunk = 5
+
+
+def _hrrr_production(c: ml_collections.ConfigDict) -> None:
+    _hrrr_grid(c)
+    c.data.crop_shape = (512, 512)
+    c.forecaster = _unet(256, (1, 2, 2, 4), attention_levels=(2, 3))
+    c.forecaster.predict_increment = True
+    c.denoiser = _unet(256, (1, 2, 2, 4), attention_levels=(2, 3))
+    c.diffusion.mode = "direct"
+    for t in (c.training.forecaster, c.training.diffusion):
+        t.batch_size, t.grad_accum = 1, 1  # per device; the global batch is batch_size × data-parallel devices
+    c.training.mixed_precision = True
+    # 1000-step sampling = DDPM's full chain: 999 ancestral steps τ = 1000 → 1, then the noise-free step to τ = 0.
+    c.sampler.name, c.sampler.steps, c.sampler.spacing = "ddpm", 999, "time_uniform"
+    c.sampler.denoise_to_zero = True
+    c.ensemble.members, c.ensemble.walks, c.ensemble.guidance_scale = 50, 1, 1.0
+    c.ensemble.lead_hours = 48
+    c.ensemble.member_chunk = 10
+
+
+def _era5_paper(c: ml_collections.ConfigDict) -> None:
+    c.data.store = "data/era5_5.625deg.zarr"
+    c.data.catalogue = "era5_paper"
+    c.data.grid_shape = (32, 64)
+    c.data.dt_hours = 6
+    c.data.normalization = "per_sample"
+    c.data.statics = ("orography", "land_mask", "latitude", "longitude")
+    c.data.train_period = "1979-01-01T00:2015-12-31T18"
+    c.data.val_period = "2016-01-01T00:2016-12-31T18"
+    c.data.test_period = "2017-01-01T00:2018-12-31T18"
+    c.forecaster = _unet(128, (1, 2, 3, 4), attention_levels=(2, 3))  # (128, 256, 384, 512)
+    c.forecaster.predict_increment = False
+    c.denoiser = _unet(256, (1, 1.5, 2, 3), attention_levels=(2, 3))  # (256, 384, 512, 768)
+    c.diffusion.schedule = "linear"
+    c.training.forecaster.rollout_steps = 4  # authors: k = 4, γ = 0.99
+    for t in (c.training.forecaster, c.training.diffusion):
+        t.batch_size, t.grad_accum = 32, 2  # "32×2"
+    c.sampler.steps = 10
+    c.evaluation.area_weighting = "coslat"
+    c.ensemble.members, c.ensemble.walks, c.ensemble.guidance_scale = 32, 3, 0.5
+    c.ensemble.corrector = True
+    c.ensemble.lead_hours = 240
+
+
+_PRESETS = {
+    "demo": lambda c: None,
+    "hrrr_expanded": _hrrr_expanded,
+    "hrrr_4090": _hrrr_4090,
+    "hrrr_production": _hrrr_production,
+    "era5_paper": _era5_paper,
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The named preset (default ``demo``)."""
+    variant = arg or "demo"
+    if variant not in _PRESETS:
+        raise ValueError(f"unknown config variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    c = _base()
+    _PRESETS[variant](c)
+    c.preset = variant
+    return c

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``def-jax bench`` (scripts that print numbers; results go to docs/BENCHMARKS.md)."""

@@ -1,0 +1,280 @@
+"""The ``def-jax`` command line.
+
+    def-jax COMMAND [--config=configs/presets.py:VARIANT] [--config.FIELD=VALUE ...] [--workdir=DIR] [options]
+
+Every command takes the same ``--config`` (an ml-collections file with a ``get_config(variant)``; ``--config=VARIANT``
+alone means ``configs/presets.py:VARIANT``), dotted overrides of any field, and ``--workdir``. Unknown fields and invalid
+values stop the command with one line naming the field; so do other user errors (missing files, bad options).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from absl import flags
+from ml_collections import config_flags
+
+from def_jax import configuration
+from def_jax.errors import UserError
+
+PROG = "def-jax"
+PRESETS_FILE = Path(__file__).resolve().parent.parent / "configs" / "presets.py"
+DEFAULT_CONFIG = f"{PRESETS_FILE}:demo"
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str
+    define: Callable[[flags.FlagValues], None] = lambda fv: None
+    run: Optional[Callable[["Invocation"], int]] = None  # None: planned, not built yet
+    issue: int = 0  # the issue that builds a planned command
+    positional: tuple[str, ...] = ()  # accepted positional arguments (e.g. bench targets)
+    default_workdir: str = ""  # "" = runs/<preset>
+    compile_cache: bool = True  # use the persistent compilation cache (off for benchmarks: they time compiles)
+
+
+@dataclasses.dataclass
+class Invocation:
+    """What a command's ``run`` receives: the validated config, the workdir and its own flags."""
+
+    config: object
+    workdir: Path
+    flags: flags.FlagValues
+    args: list[str]
+
+
+# --- commands ----------------------------------------------------------------------------------------------------
+
+
+def _config_define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_bool("flat", False, "Print one FIELD=VALUE line per field (ready to paste as overrides).", flag_values=fv)
+
+
+def _config_run(inv: Invocation) -> int:
+    if inv.flags.flat:
+        for path, value in configuration.iter_fields(inv.config):
+            print(f"--config.{path}={configuration._fmt(value)}")
+    else:
+        print(configuration.format_config(inv.config))
+    return 0
+
+
+BENCH_TARGETS = ("sampler",)
+
+
+def _bench_define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer("batch", None, "Ensemble members in one solve (default: config.ensemble.members).",
+                         flag_values=fv, lower_bound=1)
+    flags.DEFINE_string("grid", None, "HEIGHTxWIDTH of the state (default: config.data.grid_shape).", flag_values=fv)
+    flags.DEFINE_integer("channels", None, "State channels (default: the expanded HRRR state set for "
+                         "config.data.levels: 8 surface + 5 per level).", flag_values=fv, lower_bound=1)
+    flags.DEFINE_enum("eps", "conv", ["conv", "analytic"], "Stand-in ε network until the U-Net exists.",
+                      flag_values=fv)
+    flags.DEFINE_integer("net_width", 64, "Hidden width of the conv ε network.", flag_values=fv, lower_bound=1)
+    flags.DEFINE_integer("repeats", 3, "Timed runs (the median is reported).", flag_values=fv, lower_bound=1)
+    flags.DEFINE_string("out", None, "JSON result file (default: WORKDIR/bench_sampler.json).", flag_values=fv)
+
+
+def _parse_grid(text: Optional[str], default) -> tuple[int, int]:
+    if text is None:
+        return int(default[0]), int(default[1])
+    m = re.fullmatch(r"\s*(\d+)\s*[xX×,]\s*(\d+)\s*", text)
+    if not m or min(int(m[1]), int(m[2])) < 1:
+        raise UserError(f"--grid: expected HEIGHTxWIDTH such as 64x64; got {text!r}")
+    return int(m[1]), int(m[2])
+
+
+def _bench_run(inv: Invocation) -> int:
+    if len(inv.args) != 1 or inv.args[0] not in BENCH_TARGETS:
+        got = " ".join(inv.args) or "nothing"
+        raise UserError(f"bench needs one target: {' | '.join(BENCH_TARGETS)}; got {got}")
+    from def_jax.bench import sampler as bench_sampler
+
+    cfg, fv = inv.config, inv.flags
+    height, width = _parse_grid(fv.grid, cfg.data.grid_shape)
+    if min(height, width) < 1:
+        raise UserError("--grid: config.data.grid_shape is unset; pass --grid=HEIGHTxWIDTH")
+    channels = fv.channels or 8 + 5 * len(cfg.data.levels)
+    result = bench_sampler.run_sampler_bench(
+        cfg, batch=fv.batch or cfg.ensemble.members, height=height, width=width, channels=channels,
+        eps_kind=fv.eps, net_width=fv.net_width, repeats=fv.repeats,
+    )
+    print(bench_sampler.format_table(result))
+    out = Path(fv.out) if fv.out else inv.workdir / "bench_sampler.json"
+    bench_sampler.write_json(result, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _demo_run(inv: Invocation) -> int:
+    from def_jax import demo
+
+    return demo.run(inv.config, inv.workdir)
+
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in [
+        Command("config", "print the resolved configuration", _config_define, _config_run),
+        Command("bench", "benchmarks: bench sampler (solver throughput)", _bench_define, _bench_run,
+                positional=BENCH_TARGETS, compile_cache=False),
+        Command("demo", "run the end-to-end demo on the embedded mini-HRRR", run=_demo_run,
+                default_workdir="demo_output"),
+        Command("synth", "write the embedded mini-HRRR as GRIB2 files", issue=3),
+        Command("prepare", "HRRR GRIB2 (or any xarray dataset) -> Zarr store", issue=3),
+        Command("stats", "normalization statistics of the training period", issue=3),
+        Command("info", "parameter count, FLOPs and memory of the models", issue=4),
+        Command("train-forecaster", "train the deterministic forecaster G_phi", issue=4),
+        Command("train-diffusion", "train the denoiser eps_theta (random advancement)", issue=4),
+        Command("forecast", "DEF ensemble forecasts to NetCDF", issue=5),
+        Command("evaluate", "scores of forecasts against the store", issue=6),
+        Command("plot", "figures of forecasts and scores", issue=6),
+    ]
+}
+
+
+# --- parsing -----------------------------------------------------------------------------------------------------
+
+
+def usage() -> str:
+    lines = [
+        f"usage: {PROG} COMMAND [--config=configs/presets.py:VARIANT] [--config.FIELD=VALUE ...] [--workdir=DIR]",
+        "",
+        "commands:",
+    ]
+    for c in COMMANDS.values():
+        note = "" if c.run else f"  [not built yet: issue {c.issue}]"
+        lines.append(f"  {c.name:<17} {c.summary}{note}")
+    lines += ["", f"{PROG} COMMAND --help lists a command's options."]
+    return "\n".join(lines)
+
+
+def _resolve_config_arg(args: list[str]) -> list[str]:
+    """Let ``--config=VARIANT`` mean the presets file, and find ``configs/...`` from any working directory."""
+    out = []
+    for a in args:
+        m = re.fullmatch(r"--config=(.+)", a)
+        if m:
+            value = m[1]
+            path, _, variant = value.partition(":")
+            if not path.endswith(".py") and not variant:
+                value = f"{PRESETS_FILE}:{path}"
+            elif not Path(path).exists() and (PRESETS_FILE.parent.parent / path).exists():
+                value = f"{PRESETS_FILE.parent.parent / path}:{variant}" if variant else str(
+                    PRESETS_FILE.parent.parent / path)
+            elif not Path(path).exists():
+                raise UserError(f"--config: no such config file {path!r}")
+            a = f"--config={value}"
+        out.append(a)
+    return out
+
+
+def _override_paths(args: list[str]) -> list[str]:
+    return [m[1] for a in args if (m := re.match(r"--config\.([\w.]+)", a))]
+
+
+def _new_flag_values(command: Command, args: list[str]) -> flags.FlagValues:
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", default=DEFAULT_CONFIG, flag_values=fv, lock_config=True, sys_argv=[PROG] + args,
+        help_string="Config file and variant, FILE.py:VARIANT (or just VARIANT of configs/presets.py).",
+    )
+    flags.DEFINE_string("workdir", None, "Working directory for outputs (default: runs/<preset>).", flag_values=fv)
+    command.define(fv)
+    return fv
+
+
+def _config_spec(args: list[str]) -> str:
+    specs = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    return specs[-1] if specs else DEFAULT_CONFIG
+
+
+def _check_config_args(args: list[str]) -> None:
+    """Load the config file once on its own, so that a broken file, an unknown variant or an unknown
+    ``--config.FIELD`` is reported in one line naming it (ml_collections names only a field's last component)."""
+    path, _, variant = _config_spec(args).partition(":")
+    spec = importlib.util.spec_from_file_location("_def_jax_config_check", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        base = module.get_config(variant or None)
+    except Exception as err:  # the config file itself is broken: report it as such
+        raise UserError(f"--config={path}:{variant}: {err}") from None
+    for p in _override_paths(args):
+        if not configuration.has_field(base, p):
+            raise UserError(f"config.{p}: no such field{configuration.suggest_field(base, p)}")
+
+
+def _load_config(command: Command, args: list[str]):
+    """Parse the flags and return (flag values, validated config, positional args); user mistakes -> UserError."""
+    _check_config_args(args)
+    try:
+        fv = _new_flag_values(command, args)
+        rest = fv([PROG] + args)
+        cfg = fv.config
+    except flags.Error as err:
+        raise UserError(str(err).splitlines()[0].replace("Error whilst parsing config file:", "").strip()) from None
+    except (AttributeError, KeyError, ValueError, TypeError) as err:
+        raise UserError(f"--config: {err}") from None
+    return fv, configuration.validate(cfg), rest[1:]
+
+
+def _setup_jax() -> None:
+    """Persistent compilation cache for command-line runs (ENVIRONMENT.md: 11.5 s -> 1.2 s for a second process)."""
+    cache = os.environ.get("DEF_JAX_CACHE_DIR", str(Path.home() / ".cache" / "def_jax" / "xla"))
+    if not cache:
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] == "--version":
+        from def_jax import __version__
+
+        print(f"{PROG} {__version__}")
+        return 0
+    name, args = argv[0], argv[1:]
+    try:
+        command = COMMANDS.get(name)
+        if command is None:
+            close = difflib.get_close_matches(name, COMMANDS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UserError(f"unknown command {name!r}{hint}; run '{PROG} --help' for the list")
+        if "-h" in args or "--help" in args:
+            print(f"{PROG} {name}: {command.summary}\n")
+            print(_new_flag_values(command, []).module_help(sys.modules[__name__]))
+            return 0
+        if command.run is None:
+            raise UserError(f"'{name}' is not built yet (issue {command.issue}); '{PROG} --help' lists what runs")
+        fv, cfg, rest = _load_config(command, _resolve_config_arg(args))
+        if rest and not command.positional:
+            raise UserError(f"'{name}' takes no positional arguments; got {' '.join(rest)}")
+        workdir = Path(fv.workdir or command.default_workdir or Path("runs") / cfg.preset)
+        if command.compile_cache:
+            _setup_jax()
+        return command.run(Invocation(cfg, workdir, fv, rest))
+    except UserError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The def-jax command line: config printing, overrides, one-line errors, bench sampler."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from def_jax import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(capsys, *args):
+    code = cli.main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_config_prints_the_hrrr_4090_preset(capsys):
+    code, out, err = run_cli(capsys, "config", "--config=configs/presets.py:hrrr_4090")
+    assert code == 0 and err == ""
+    sections = out.split("\n")
+    denoiser = sections[sections.index("denoiser:") + 1:]
+    assert "  base_channels: 64" in denoiser[: denoiser.index("diffusion:")]
+    sampler = sections[sections.index("sampler:") + 1:]
+    assert "  steps: 200" in sampler
+
+
+def test_overrides_apply(capsys):
+    code, out, _ = run_cli(capsys, "config", "--config=demo", "--config.sampler.steps=25", "--flat",
+                           "--config.evaluation.refc_thresholds=30,40", "--config.sampler.t_end=0.002")
+    assert code == 0
+    assert "--config.sampler.steps=25" in out.splitlines()
+    assert "--config.evaluation.refc_thresholds=(30, 40)" in out.splitlines()
+    assert "--config.sampler.t_end=0.002" in out.splitlines()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config.denoiser.base_chanels=32"], "config.denoiser.base_chanels: no such field (did you mean "
+                                                "denoiser.base_channels?)"),
+        (["--config.sampler.steps=abc"], "--config.sampler.steps=abc"),
+        (["--config.sampler.order=7"], "config.sampler: order must be one of 1, 2, 3; got 7"),
+        (["--config.ensemble.guidance_scale=-1"], "config.ensemble.guidance_scale"),
+        (["--config=configs/presets.py:hrrr_4091"], "unknown config variant 'hrrr_4091'"),
+        (["--config=configs/nope.py:demo"], "no such config file"),
+        (["--bogus=1"], "Unknown command line flag 'bogus'"),
+        (["positional"], "takes no positional arguments"),
+    ],
+)
+def test_user_errors_are_one_line(capsys, args, message):
+    code, out, err = run_cli(capsys, "config", *args)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("def-jax: error: ") and message in lines[0], lines[0]
+
+
+def test_unknown_and_unbuilt_commands(capsys):
+    code, _, err = run_cli(capsys, "confg")
+    assert code == 2 and "did you mean config?" in err
+    code, _, err = run_cli(capsys, "forecast", "--config=demo")
+    assert code == 2 and "not built yet (issue 5)" in err
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0 and all(name in out for name in cli.COMMANDS)
+
+
+def test_bench_sampler_writes_json(capsys, tmp_path):
+    out_file = tmp_path / "bench.json"
+    code, out, err = run_cli(capsys, "bench", "sampler", "--config=demo", "--grid=16x16", "--channels=4",
+                             "--batch=4", "--repeats=1", "--config.sampler.steps=5", f"--out={out_file}")
+    assert code == 0, err
+    result = json.loads(out_file.read_text())
+    assert result["nfe"] == 5 and result["shape"] == [4, 16, 16, 4] and result["output_finite"]
+    assert result["devices"] == 4 and result["batch_sharded"]
+    assert result["nfe_per_s"] > 0 and result["compile_s"] > 0 and result["flops_per_forward"] > 0
+    assert "NFE/s" in out
+
+
+def test_bench_needs_a_known_target(capsys):
+    code, _, err = run_cli(capsys, "bench", "trainer", "--config=demo")
+    assert code == 2 and "bench needs one target: sampler" in err
+
+
+def test_console_script_from_another_directory(tmp_path):
+    """The installed `def-jax` finds configs/ from any working directory and exits 2 with one line on errors."""
+    exe = Path(sys.executable).parent / "def-jax"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    ok = subprocess.run([exe, "config", "--config=configs/presets.py:hrrr_4090"], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "base_channels: 64" in ok.stdout
+    bad = subprocess.run([exe, "config", "--config.sampler.stepz=3"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "sampler.stepz" in bad.stderr
