@@ -21,7 +21,7 @@ from typing import Callable, Optional
 from absl import flags
 from ml_collections import config_flags
 
-from def_jax import configuration
+from def_jax import cli_data, configuration
 from def_jax.errors import UserError
 
 PROG = "def-jax"
@@ -67,20 +67,31 @@ def _config_run(inv: Invocation) -> int:
     return 0
 
 
-BENCH_TARGETS = ("sampler",)
+BENCH_TARGETS = ("sampler", "loader", "prepare")
 
 
 def _bench_define(fv: flags.FlagValues) -> None:
-    flags.DEFINE_integer("batch", None, "Ensemble members in one solve (default: config.ensemble.members).",
+    # sampler
+    flags.DEFINE_integer("batch", None, "sampler: ensemble members in one solve (default: config.ensemble.members); "
+                         "loader: batch size (default: config.training.forecaster.batch_size).", flag_values=fv,
+                         lower_bound=1)
+    flags.DEFINE_string("grid", None, "sampler: HEIGHTxWIDTH of the state (default: config.data.grid_shape).",
+                        flag_values=fv)
+    flags.DEFINE_integer("channels", None, "sampler: state channels (default: the catalogue's state channels).",
                          flag_values=fv, lower_bound=1)
-    flags.DEFINE_string("grid", None, "HEIGHTxWIDTH of the state (default: config.data.grid_shape).", flag_values=fv)
-    flags.DEFINE_integer("channels", None, "State channels (default: the expanded HRRR state set for "
-                         "config.data.levels: 8 surface + 5 per level).", flag_values=fv, lower_bound=1)
-    flags.DEFINE_enum("eps", "conv", ["conv", "analytic"], "Stand-in ε network until the U-Net exists.",
+    flags.DEFINE_enum("eps", "conv", ["conv", "analytic"], "sampler: stand-in ε network until the U-Net exists.",
                       flag_values=fv)
-    flags.DEFINE_integer("net_width", 64, "Hidden width of the conv ε network.", flag_values=fv, lower_bound=1)
-    flags.DEFINE_integer("repeats", 3, "Timed runs (the median is reported).", flag_values=fv, lower_bound=1)
-    flags.DEFINE_string("out", None, "JSON result file (default: WORKDIR/bench_sampler.json).", flag_values=fv)
+    flags.DEFINE_integer("net_width", 64, "sampler: hidden width of the conv ε network.", flag_values=fv, lower_bound=1)
+    flags.DEFINE_integer("repeats", 3, "sampler: timed runs (the median is reported).", flag_values=fv, lower_bound=1)
+    # loader
+    flags.DEFINE_string("store", None, "loader: the Zarr store (default: config.data.store).", flag_values=fv)
+    flags.DEFINE_integer("batches", 20, "loader: timed batches.", flag_values=fv, lower_bound=1)
+    flags.DEFINE_integer("workers", None, "loader: Grain worker processes (default: config.data.workers); "
+                         "prepare: worker processes (default 1).", flag_values=fv, lower_bound=0)
+    # prepare
+    flags.DEFINE_multi_string("src", None, "prepare: GRIB2 files/globs/directories (default: the synth output "
+                              "directory of the config).", flag_values=fv)
+    flags.DEFINE_string("out", None, "JSON result file (default: WORKDIR/bench_TARGET.json).", flag_values=fv)
 
 
 def _parse_grid(text: Optional[str], default) -> tuple[int, int]:
@@ -92,24 +103,55 @@ def _parse_grid(text: Optional[str], default) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def _bench_run(inv: Invocation) -> int:
-    if len(inv.args) != 1 or inv.args[0] not in BENCH_TARGETS:
-        got = " ".join(inv.args) or "nothing"
-        raise UserError(f"bench needs one target: {' | '.join(BENCH_TARGETS)}; got {got}")
+def _bench_sampler(cfg, fv) -> tuple[dict, str]:
     from def_jax.bench import sampler as bench_sampler
+    from def_jax.catalogue import load_catalogue
 
-    cfg, fv = inv.config, inv.flags
     height, width = _parse_grid(fv.grid, cfg.data.grid_shape)
-    if min(height, width) < 1:
-        raise UserError("--grid: config.data.grid_shape is unset; pass --grid=HEIGHTxWIDTH")
-    channels = fv.channels or 8 + 5 * len(cfg.data.levels)
+    channels = fv.channels or load_catalogue(cfg.data.catalogue, cfg.data.levels).num_channels("state")
     result = bench_sampler.run_sampler_bench(
         cfg, batch=fv.batch or cfg.ensemble.members, height=height, width=width, channels=channels,
         eps_kind=fv.eps, net_width=fv.net_width, repeats=fv.repeats,
     )
-    print(bench_sampler.format_table(result))
-    out = Path(fv.out) if fv.out else inv.workdir / "bench_sampler.json"
-    bench_sampler.write_json(result, out)
+    return result, bench_sampler.format_table(result)
+
+
+def _bench_loader(cfg, fv) -> tuple[dict, str]:
+    from def_jax.bench import loader as bench_loader
+
+    t = cfg.training.forecaster
+    result = bench_loader.run_loader_bench(
+        fv.store or cfg.data.store, history=cfg.data.history, lead_steps=max(1, t.rollout_steps),
+        batch_size=fv.batch or t.batch_size, crop=tuple(cfg.data.crop_shape),
+        workers=cfg.data.workers if fv.workers is None else fv.workers, num_batches=fv.batches,
+        period=cfg.data.train_period, normalization=cfg.data.normalization, seed=cfg.seed,
+    )
+    return result, bench_loader.format_table(result)
+
+
+def _bench_prepare(cfg, fv) -> tuple[dict, str]:
+    from def_jax.bench import prepare as bench_prepare
+    from def_jax.catalogue import load_catalogue
+
+    result = bench_prepare.run_prepare_bench(
+        fv.src or [str(cli_data.default_grib_dir(cfg))], load_catalogue(cfg.data.catalogue, cfg.data.levels),
+        workers=fv.workers or 1,
+    )
+    return result, bench_prepare.format_table(result)
+
+
+def _bench_run(inv: Invocation) -> int:
+    if len(inv.args) != 1 or inv.args[0] not in BENCH_TARGETS:
+        got = " ".join(inv.args) or "nothing"
+        raise UserError(f"bench needs one target: {' | '.join(BENCH_TARGETS)}; got {got}")
+    from def_jax.bench import write_json
+
+    target = inv.args[0]
+    result, table = {"sampler": _bench_sampler, "loader": _bench_loader, "prepare": _bench_prepare}[target](
+        inv.config, inv.flags)
+    print(table)
+    out = Path(inv.flags.out) if inv.flags.out else inv.workdir / f"bench_{target}.json"
+    write_json(result, out)
     print(f"wrote {out}")
     return 0
 
@@ -124,13 +166,17 @@ COMMANDS: dict[str, Command] = {
     c.name: c
     for c in [
         Command("config", "print the resolved configuration", _config_define, _config_run),
-        Command("bench", "benchmarks: bench sampler (solver throughput)", _bench_define, _bench_run,
+        Command("bench", "benchmarks: bench sampler | loader | prepare (throughput)", _bench_define, _bench_run,
                 positional=BENCH_TARGETS, compile_cache=False),
         Command("demo", "run the end-to-end demo on the embedded mini-HRRR", run=_demo_run,
                 default_workdir="demo_output"),
-        Command("synth", "write the embedded mini-HRRR as GRIB2 files", issue=3),
-        Command("prepare", "HRRR GRIB2 (or any xarray dataset) -> Zarr store", issue=3),
-        Command("stats", "normalization statistics of the training period", issue=3),
+        Command("synth", "write the embedded mini-HRRR as GRIB2 files", cli_data.synth_define, cli_data.synth_run),
+        Command("prepare", "HRRR GRIB2 (or any xarray dataset) -> Zarr store", cli_data.prepare_define,
+                cli_data.prepare_run),
+        Command("stats", "normalization statistics of the training period", cli_data.stats_define,
+                cli_data.stats_run),
+        Command("download", "fetch the catalogue's HRRR messages by byte range (needs def-jax[download])",
+                cli_data.download_define, cli_data.download_run, compile_cache=False),
         Command("info", "parameter count, FLOPs and memory of the models", issue=4),
         Command("train-forecaster", "train the deterministic forecaster G_phi", issue=4),
         Command("train-diffusion", "train the denoiser eps_theta (random advancement)", issue=4),
@@ -257,7 +303,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise UserError(f"unknown command {name!r}{hint}; run '{PROG} --help' for the list")
         if "-h" in args or "--help" in args:
             print(f"{PROG} {name}: {command.summary}\n")
-            print(_new_flag_values(command, []).module_help(sys.modules[__name__]))
+            fv = _new_flag_values(command, [])
+            print("\n".join(fv.module_help(m) for m in (sys.modules[__name__], cli_data)).strip())
             return 0
         if command.run is None:
             raise UserError(f"'{name}' is not built yet (issue {command.issue}); '{PROG} --help' lists what runs")

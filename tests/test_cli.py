@@ -96,3 +96,14 @@ def test_console_script_from_another_directory(tmp_path):
     bad = subprocess.run([exe, "config", "--config.sampler.stepz=3"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "sampler.stepz" in bad.stderr
+
+
+def test_data_commands_fail_in_one_line(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "download", "--start=2024-06-01T00", f"--out={tmp_path}")
+    assert code == 2 and err.strip().count("\n") == 0 and "needs Herbie" in err
+    code, _, err = run_cli(capsys, "stats", f"--store={tmp_path}/none.zarr")
+    assert code == 2 and "does not exist (run def-jax prepare first)" in err
+    code, _, err = run_cli(capsys, "synth", f"--out={tmp_path}", "--hours=0")
+    assert code == 2 and "--hours must be >= 1" in err
+    code, _, err = run_cli(capsys, "prepare", f"--src={tmp_path}", "--catalogue=nope")
+    assert code == 2 and "catalogue 'nope': neither a built-in" in err

@@ -1,0 +1,1 @@
+"""Reading the Zarr store: schema helpers, normalization and the Grain input pipeline. See docs/DATA.md."""
