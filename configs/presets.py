@@ -47,6 +47,13 @@ def _unet(base_channels: int, channel_mults, attention_levels, **kw) -> ml_colle
     )
 
 
+def _denoiser(*args, **kw) -> ml_collections.ConfigDict:
+    """The denoiser's U-Net plus ε_θ's own field."""
+    c = _unet(*args, **kw)
+    c.linear_skip = True  # ε = U-Net + a(τ) x_τ + b(τ) P c (networks.Denoiser): ε keeps every channel's noise
+    return c
+
+
 def _training(**kw) -> ml_collections.ConfigDict:
     """Optimizer and loop settings for one model (seed 1 defaults: AdamW, warmup + cosine, clip 1.0)."""
     cfg = ml_collections.ConfigDict(
@@ -55,6 +62,7 @@ def _training(**kw) -> ml_collections.ConfigDict:
             max_steps=kw.get("max_steps", 0),  # > 0 caps the optimizer steps (overrides epochs)
             batch_size=kw.get("batch_size", 4),  # global batch per optimizer micro-step
             grad_accum=kw.get("grad_accum", 1),  # micro-steps per optimizer update
+            optimizer="adamw",  # adamw | sgd (plain SGD: for checks where Adam would hide a gradient-scale error)
             learning_rate=kw.get("learning_rate", 2e-4),
             warmup_steps=kw.get("warmup_steps", 500),
             lr_schedule="cosine",  # warmup + cosine decay | constant
@@ -63,6 +71,7 @@ def _training(**kw) -> ml_collections.ConfigDict:
             grad_clip=1.0,  # global-norm gradient clipping
             ema_decay=kw.get("ema_decay", 0.0),  # > 0 keeps an EMA of the weights (used for sampling)
             eval_every=kw.get("eval_every", 500),
+            eval_batches=kw.get("eval_batches", 8),  # validation batches per evaluation (0 = no validation)
             checkpoint_every=kw.get("checkpoint_every", 500),
             keep_checkpoints=3,
             log_every=kw.get("log_every", 50),
@@ -100,7 +109,7 @@ def _base() -> ml_collections.ConfigDict:
     # --- models --------------------------------------------------------------------------------------------------
     c.forecaster = _unet(32, (1, 2, 4), attention_levels=(2,))
     c.forecaster.predict_increment = True  # G_φ predicts X_{t+1} − X_t
-    c.denoiser = _unet(32, (1, 2, 4), attention_levels=(2,))
+    c.denoiser = _denoiser(32, (1, 2, 4), attention_levels=(2,))
 
     # --- diffusion (train-diffusion, samplers) -------------------------------------------------------------------
     c.diffusion = ml_collections.ConfigDict()
@@ -120,7 +129,10 @@ def _base() -> ml_collections.ConfigDict:
     c.training.forecaster.area_weights = False
     c.training.forecaster.variable_weights = config_dict.placeholder(str)  # JSON {channel: weight} or None
     c.training.diffusion = _training(epochs=20, batch_size=8, warmup_steps=100, ema_decay=0.999, eval_every=200)
-    c.training.mixed_precision = False  # bf16 compute with fp32 master weights (GPU)
+    c.training.diffusion.forecaster_checkpoint = "best"  # frozen G_φ: best | latest checkpoint of WORKDIR/forecaster
+    c.training.tensorboard = True  # TensorBoard event files in the run directory
+    c.training.wandb = False  # also log to Weights & Biases (needs wandb installed)
+    c.training.wandb_project = "def-jax"
 
     # --- sampler (forecast, bench sampler) -----------------------------------------------------------------------
     c.sampler = ml_collections.ConfigDict()
@@ -136,6 +148,7 @@ def _base() -> ml_collections.ConfigDict:
     c.sampler.atol = 0.0078  # adaptive: absolute tolerance
     c.sampler.rtol = 0.05  # adaptive: relative tolerance
     c.sampler.max_nfe = 1000  # adaptive: evaluation budget (NaN output if exceeded)
+    c.sampler.x0_clip = config_dict.placeholder(float)  # clip the data prediction x̂_0 to ±x0_clip (None = off)
 
     # --- ensemble (forecast) -------------------------------------------------------------------------------------
     c.ensemble = ml_collections.ConfigDict()
@@ -145,7 +158,10 @@ def _base() -> ml_collections.ConfigDict:
     c.ensemble.lead_hours = 24
     c.ensemble.corrector = False  # re-standardize after each solver step (per_sample normalization only)
     c.ensemble.include_deterministic = True  # also run the unperturbed G_φ rollout
-    c.ensemble.member_chunk = 0  # members per device pass (0 = all)
+    c.ensemble.member_chunk = 0  # members per device pass (0 = all); a multiple of the data-axis devices
+    c.ensemble.lead_chunk = 24  # forecast steps per compiled call (outputs stream to disk after each chunk)
+    c.ensemble.checkpoint = "best"  # weights of G_φ and ε_θ for forecasts: best (by validation) | latest
+    c.ensemble.init_times = config_dict.placeholder(str)  # forecast --init default (None: test_period start)
 
     # --- guidance tuning (tune-guidance) -------------------------------------------------------------------------
     c.tuning = ml_collections.ConfigDict()
@@ -170,6 +186,11 @@ def _base() -> ml_collections.ConfigDict:
     return c
 
 
+def _bf16(c: ml_collections.ConfigDict) -> None:
+    """Mixed precision for GPUs: bfloat16 compute, float32 parameters and optimizer state."""
+    c.forecaster.dtype = c.denoiser.dtype = "bfloat16"
+
+
 def _hrrr_grid(c: ml_collections.ConfigDict) -> None:
     c.data.store = "data/hrrr.zarr"
     c.data.grid_shape = (1059, 1799)  # native HRRR CONUS, 3 km
@@ -182,12 +203,12 @@ def _hrrr_expanded(c: ml_collections.ConfigDict) -> None:
     _hrrr_grid(c)
     c.forecaster = _unet(128, (1, 2, 2, 4), attention_levels=(2, 3))
     c.forecaster.predict_increment = True
-    c.denoiser = _unet(128, (1, 2, 2, 4), attention_levels=(2, 3))
+    c.denoiser = _denoiser(128, (1, 2, 2, 4), attention_levels=(2, 3))
     c.data.crop_shape = (512, 512)
     for t in (c.training.forecaster, c.training.diffusion):
         t.batch_size, t.grad_accum = 4, 4  # batch 4, accumulation to 16
         t.warmup_steps, t.eval_every, t.checkpoint_every = 1000, 1000, 1000
-    c.training.mixed_precision = True
+    _bf16(c)
     c.sampler.steps = 10  # DPM-Solver++ 2M
     c.ensemble.members, c.ensemble.walks, c.ensemble.guidance_scale = 16, 8, 0.1
     c.ensemble.lead_hours = 240
@@ -201,12 +222,12 @@ def _hrrr_4090(c: ml_collections.ConfigDict) -> None:
     c.data.crop_shape = (256, 256)
     c.forecaster = _unet(64, (1, 2, 4, 4), attention_levels=(3,))
     c.forecaster.predict_increment = True
-    c.denoiser = _unet(64, (1, 2, 4, 4), attention_levels=(3,))
+    c.denoiser = _denoiser(64, (1, 2, 4, 4), attention_levels=(3,))
     c.denoiser.remat = True
     c.diffusion.mode = "direct"  # seed 2: sample X_{t+1} conditioned on the past 4 hours
     for t in (c.training.forecaster, c.training.diffusion):
         t.batch_size, t.grad_accum = 1, 1
-    c.training.mixed_precision = True
+    _bf16(c)
     c.sampler.steps = 200
     c.ensemble.members, c.ensemble.walks, c.ensemble.guidance_scale = 50, 1, 1.0
     c.ensemble.lead_hours = 24
@@ -218,11 +239,11 @@ def _hrrr_production(c: ml_collections.ConfigDict) -> None:
     c.data.crop_shape = (512, 512)
     c.forecaster = _unet(256, (1, 2, 2, 4), attention_levels=(2, 3))
     c.forecaster.predict_increment = True
-    c.denoiser = _unet(256, (1, 2, 2, 4), attention_levels=(2, 3))
+    c.denoiser = _denoiser(256, (1, 2, 2, 4), attention_levels=(2, 3))
     c.diffusion.mode = "direct"
     for t in (c.training.forecaster, c.training.diffusion):
-        t.batch_size, t.grad_accum = 1, 1  # per device; the global batch is batch_size × data-parallel devices
-    c.training.mixed_precision = True
+        t.batch_size, t.grad_accum = 1, 1  # global batch per micro-step (set it to the data-parallel devices × 1)
+    _bf16(c)
     # 1000-step sampling = DDPM's full chain: 999 ancestral steps τ = 1000 → 1, then the noise-free step to τ = 0.
     c.sampler.name, c.sampler.steps, c.sampler.spacing = "ddpm", 999, "time_uniform"
     c.sampler.denoise_to_zero = True
@@ -243,7 +264,7 @@ def _era5_paper(c: ml_collections.ConfigDict) -> None:
     c.data.test_period = "2017-01-01T00:2018-12-31T18"
     c.forecaster = _unet(128, (1, 2, 3, 4), attention_levels=(2, 3))  # (128, 256, 384, 512)
     c.forecaster.predict_increment = False
-    c.denoiser = _unet(256, (1, 1.5, 2, 3), attention_levels=(2, 3))  # (256, 384, 512, 768)
+    c.denoiser = _denoiser(256, (1, 1.5, 2, 3), attention_levels=(2, 3))  # (256, 384, 512, 768)
     c.diffusion.schedule = "linear"
     c.training.forecaster.rollout_steps = 4  # authors: k = 4, γ = 0.99
     for t in (c.training.forecaster, c.training.diffusion):
@@ -255,8 +276,31 @@ def _era5_paper(c: ml_collections.ConfigDict) -> None:
     c.ensemble.lead_hours = 240
 
 
+def _demo(c: ml_collections.ConfigDict) -> None:
+    """The end-to-end demo within ~20 minutes on a 2-core CPU: six weeks of a 32×32 mini-HRRR at 6 km (every second
+    HRRR point, 192 km square), U-Nets of width 16 (0.3 GFLOP per denoiser call and sample, measured in docs/BENCHMARKS.md),
+    800 updates of G_φ and 1000 of ε_θ, 12 h forecasts every 12 h through the test period."""
+    c.data.grid_shape = (32, 32)
+    c.data.synth.stride = 2
+    c.data.synth.hours = 1008  # six weeks: five to train on (816 windows), four days each to validate and to test
+    c.data.train_period = "2024-06-01T00:2024-07-04T23"
+    c.data.val_period = "2024-07-05T00:2024-07-08T23"
+    c.data.test_period = "2024-07-09T00:2024-07-12T23"
+    for name in ("forecaster", "denoiser"):
+        c[name].base_channels, c[name].time_embedding_dim = 16, 64
+    for t in (c.training.forecaster, c.training.diffusion):
+        t.batch_size, t.warmup_steps = 8, 50
+        t.eval_every, t.checkpoint_every, t.eval_batches, t.log_every = 200, 200, 8, 50
+    c.training.forecaster.max_steps = 800
+    c.training.diffusion.max_steps = 1000
+    c.training.diffusion.learning_rate = 1e-3  # ε_θ learns several times faster than at 2e-4 (docs/TRAINING.md)
+    c.sampler.x0_clip = 10.0  # a short-trained ε_θ: keep x̂_0 within ±10 σ (see samplers.clipped_eps)
+    c.ensemble.lead_hours = 12
+    c.ensemble.lead_chunk = 12
+
+
 _PRESETS = {
-    "demo": lambda c: None,
+    "demo": _demo,
     "hrrr_expanded": _hrrr_expanded,
     "hrrr_4090": _hrrr_4090,
     "hrrr_production": _hrrr_production,

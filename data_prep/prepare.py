@@ -151,7 +151,8 @@ def _create_from_first_slot(opts: PrepareOptions, axis: np.ndarray, first_time, 
         f"{slot.latitude.shape[0]}×{slot.latitude.shape[1]} grid")
 
 
-def _check_compatible(opts: PrepareOptions, axis: np.ndarray) -> None:
+def _check_compatible(opts: PrepareOptions, axis: np.ndarray, first_files: Optional[FilesByKind] = None) -> None:
+    """An existing store may only be completed by inputs of its own kind: catalogue, region, time axis and grid."""
     ds = schema.open_store(opts.out)
     stored = catalogue_from_json(ds.attrs["catalogue"])
     if not stored.same_variables(opts.catalogue):
@@ -166,6 +167,16 @@ def _check_compatible(opts: PrepareOptions, axis: np.ndarray) -> None:
     if outside.size:
         raise UserError(f"store {opts.out} covers {ds['time'].values[0]} to {ds['time'].values[-1]}; the inputs "
                         f"add {outside.size} time(s) outside it (first {outside[0]}); use a new --out")
+    if first_files is not None:  # the inputs' grid (one slot read) must be the store's
+        slot = read_slot(first_files, opts.catalogue, opts.region)
+        lat = ds["latitude"].values
+        if slot.latitude.shape != lat.shape or not (
+                np.allclose(slot.latitude, lat, atol=1e-6) and np.allclose(slot.longitude, ds["longitude"].values,
+                                                                           atol=1e-6)):
+            raise UserError(f"store {opts.out} has a {lat.shape[0]}×{lat.shape[1]} grid starting at "
+                            f"({lat[0, 0]:.4f}, {float(ds['longitude'].values[0, 0]):.4f}); the inputs give "
+                            f"{slot.latitude.shape[0]}×{slot.latitude.shape[1]} starting at "
+                            f"({slot.latitude[0, 0]:.4f}, {slot.longitude[0, 0]:.4f}); use a new --out")
 
 
 # --- 4. slots --------------------------------------------------------------------------------------------------------
@@ -215,6 +226,10 @@ def _run_tasks(tasks: list[tuple], opts: PrepareOptions) -> Iterable[dict]:
         try:
             for fut in cf.as_completed(futures):
                 yield fut.result()
+        except cf.process.BrokenProcessPool:
+            raise UserError("a prepare worker process died (killed, out of memory, or -- when prepare() is called "
+                            "from a script -- a missing `if __name__ == '__main__':` guard, which spawned worker "
+                            "processes need); the store is resumable, rerun") from None
         finally:
             for fut in futures:
                 fut.cancel()
@@ -235,7 +250,11 @@ def prepare(opts: PrepareOptions, log: Callable[[str], None] = print) -> dict:
     axis = time_axis(list(slots), opts.dt_hours)
     store_writer.remove_stale_partials(opts.out)
     if opts.out.exists():
-        _check_compatible(opts, axis)
+        first = next(iter(slots))
+        try:
+            _check_compatible(opts, axis, slots[first])
+        except GribReadError as err:
+            raise UserError(f"cannot read the first time {first} to check the store's grid: {err}") from None
     else:
         first = next(iter(slots))
         try:

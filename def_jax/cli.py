@@ -21,7 +21,7 @@ from typing import Callable, Optional
 from absl import flags
 from ml_collections import config_flags
 
-from def_jax import cli_data, configuration
+from def_jax import cli_data, cli_forecast, cli_train, configuration
 from def_jax.errors import UserError
 
 PROG = "def-jax"
@@ -79,8 +79,11 @@ def _bench_define(fv: flags.FlagValues) -> None:
                         flag_values=fv)
     flags.DEFINE_integer("channels", None, "sampler: state channels (default: the catalogue's state channels).",
                          flag_values=fv, lower_bound=1)
-    flags.DEFINE_enum("eps", "conv", ["conv", "analytic"], "sampler: stand-in ε network until the U-Net exists.",
-                      flag_values=fv)
+    flags.DEFINE_enum("eps", "unet", ["unet", "conv", "analytic"], "sampler: the config's U-Net denoiser and "
+                      "forecaster (full DEF rollout), or a stand-in: a 3-layer conv net, or Gaussian data's exact ε "
+                      "(the solver's own overhead).", flag_values=fv)
+    flags.DEFINE_integer("lead_steps", 2, "sampler --eps=unet: forecast steps of the timed rollout.", flag_values=fv,
+                         lower_bound=1)
     flags.DEFINE_integer("net_width", 64, "sampler: hidden width of the conv ε network.", flag_values=fv, lower_bound=1)
     flags.DEFINE_integer("repeats", 3, "sampler: timed runs (the median is reported).", flag_values=fv, lower_bound=1)
     # loader
@@ -108,6 +111,14 @@ def _bench_sampler(cfg, fv) -> tuple[dict, str]:
     from def_jax.catalogue import load_catalogue
 
     height, width = _parse_grid(fv.grid, cfg.data.grid_shape)
+    if fv.eps == "unet":
+        from def_jax.bench import rollout as bench_rollout
+
+        if fv.channels:
+            raise UserError("--channels: the U-Net benchmark takes its channels from the config's catalogue")
+        result = bench_rollout.run_unet_bench(cfg, batch=fv.batch or cfg.ensemble.members, height=height,
+                                              width=width, repeats=fv.repeats, lead_steps=fv.lead_steps)
+        return result, bench_rollout.format_table(result)
     channels = fv.channels or load_catalogue(cfg.data.catalogue, cfg.data.levels).num_channels("state")
     result = bench_sampler.run_sampler_bench(
         cfg, batch=fv.batch or cfg.ensemble.members, height=height, width=width, channels=channels,
@@ -177,12 +188,20 @@ COMMANDS: dict[str, Command] = {
                 cli_data.stats_run),
         Command("download", "fetch the catalogue's HRRR messages by byte range (needs def-jax[download])",
                 cli_data.download_define, cli_data.download_run, compile_cache=False),
-        Command("info", "parameter count, FLOPs and memory of the models", issue=4),
-        Command("train-forecaster", "train the deterministic forecaster G_phi", issue=4),
-        Command("train-diffusion", "train the denoiser eps_theta (random advancement)", issue=4),
-        Command("forecast", "DEF ensemble forecasts to NetCDF", issue=5),
-        Command("evaluate", "scores of forecasts against the store", issue=6),
-        Command("plot", "figures of forecasts and scores", issue=6),
+        Command("info", "parameter count, FLOPs and memory of the models", cli_train.info_define,
+                cli_train.info_run, compile_cache=False),
+        Command("train-forecaster", "train the deterministic forecaster G_phi", cli_train.train_define,
+                cli_train.train_forecaster_run),
+        Command("train-diffusion", "train the denoiser eps_theta (random advancement or direct mode)",
+                cli_train.train_define, cli_train.train_diffusion_run),
+        Command("forecast", "DEF ensemble forecasts to NetCDF", cli_forecast.forecast_define,
+                cli_forecast.forecast_run),
+        Command("tune-guidance", "choose λ (and K) on validation data for spread/skill near 1", cli_forecast.tune_define,
+                cli_forecast.tune_run),
+        Command("evaluate", "scores of forecasts against the store (CSV tables)", cli_forecast.evaluate_define,
+                cli_forecast.evaluate_run, compile_cache=False),
+        Command("plot", "figures of forecasts and scores (PNG)", cli_forecast.plot_define, cli_forecast.plot_run,
+                compile_cache=False),
     ]
 }
 
@@ -219,6 +238,20 @@ def _resolve_config_arg(args: list[str]) -> list[str]:
             elif not Path(path).exists():
                 raise UserError(f"--config: no such config file {path!r}")
             a = f"--config={value}"
+        out.append(a)
+    return out
+
+
+def _dash_flags(args: list[str], known: set[str]) -> list[str]:
+    """Accept ``--lead-hours=24`` for a flag defined as ``lead_hours`` (and the other way round), GNU style."""
+    out = []
+    for a in args:
+        m = re.fullmatch(r"--(no)?([a-z][a-z0-9_-]*)(=.*)?", a, flags=re.S)
+        if m and not a.startswith("--config") and m[2] not in known:
+            for alias in (m[2].replace("-", "_"), m[2].replace("_", "-")):
+                if alias in known:
+                    a = f"--{m[1] or ''}{alias}{m[3] or ''}"
+                    break
         out.append(a)
     return out
 
@@ -301,10 +334,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             close = difflib.get_close_matches(name, COMMANDS, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise UserError(f"unknown command {name!r}{hint}; run '{PROG} --help' for the list")
+        args = _dash_flags(args, set(_new_flag_values(command, [])))
         if "-h" in args or "--help" in args:
             print(f"{PROG} {name}: {command.summary}\n")
             fv = _new_flag_values(command, [])
-            print("\n".join(fv.module_help(m) for m in (sys.modules[__name__], cli_data)).strip())
+            print("\n".join(fv.module_help(m) for m in fv.flags_by_module_dict()).strip())
             return 0
         if command.run is None:
             raise UserError(f"'{name}' is not built yet (issue {command.issue}); '{PROG} --help' lists what runs")

@@ -10,6 +10,7 @@ if "xla_force_host_platform_device_count" not in _xla:
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from tiny_config import TINY_PERIODS  # noqa: E402
 
 assert jax.device_count() == 4, f"tests expect 4 virtual CPU devices, got {jax.devices()}"
 
@@ -18,3 +19,39 @@ assert jax.device_count() == 4, f"tests expect 4 virtual CPU devices, got {jax.d
 def _no_persistent_compilation_cache(monkeypatch):
     """Command-line runs started by tests neither read nor write the user's compilation cache."""
     monkeypatch.setenv("DEF_JAX_CACHE_DIR", "")
+
+
+@pytest.fixture(scope="session")
+def mini_store(tmp_path_factory):
+    """A small prepared mini-HRRR store (synth → prepare → stats): 60 h of 32×32 points, hrrr_expanded on 2 levels.
+
+    Periods: train 2024-06-01T00–T23 (+16 h), val 2024-06-02T16–T23, test 2024-06-03T00–11.
+    """
+    from data_prep.prepare import PrepareOptions, prepare
+    from data_prep.stats import compute_stats
+    from data_prep.synth import synth
+    from def_jax.catalogue import load_catalogue
+
+    root = tmp_path_factory.mktemp("mini_store")
+    catalogue = load_catalogue("hrrr_expanded", (500.0, 850.0))
+    quiet = lambda message: None  # noqa: E731
+    synth(root / "grib", "2024-06-01T00", 60, catalogue, ny=32, nx=32, seed=3, progress=False, log=quiet)
+    store = root / "store.zarr"
+    prepare(PrepareOptions([str(root / "grib")], store, catalogue, workers=2, progress=False), log=quiet)
+    compute_stats(store, TINY_PERIODS["train"], progress=False, log=quiet)
+    return store
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(mini_store, tmp_path_factory):
+    """A workdir with the tiny G_φ and then ε_θ trained for 30 steps each on the mini store (tiny_config's
+    ``learning_config``); shared by the training and forecast tests. Returns (workdir, summaries by kind)."""
+    from tiny_config import learning_config
+
+    from def_jax.training.loop import train
+
+    workdir = tmp_path_factory.mktemp("trained")
+    cfg = learning_config(mini_store)
+    quiet = lambda message: None  # noqa: E731
+    summaries = {kind: train(kind, cfg, workdir, log=quiet) for kind in ("forecaster", "diffusion")}
+    return workdir, summaries

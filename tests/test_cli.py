@@ -60,25 +60,46 @@ def test_user_errors_are_one_line(capsys, args, message):
     assert lines[0].startswith("def-jax: error: ") and message in lines[0], lines[0]
 
 
-def test_unknown_and_unbuilt_commands(capsys):
+def test_unknown_commands_and_help(capsys):
     code, _, err = run_cli(capsys, "confg")
     assert code == 2 and "did you mean config?" in err
-    code, _, err = run_cli(capsys, "forecast", "--config=demo")
-    assert code == 2 and "not built yet (issue 5)" in err
     code, out, _ = run_cli(capsys, "--help")
-    assert code == 0 and all(name in out for name in cli.COMMANDS)
+    assert code == 0 and all(name in out for name in cli.COMMANDS) and "not built" not in out
+    code, out, _ = run_cli(capsys, "forecast", "--help")
+    assert code == 0 and "--lead_hours" in out and "--guidance_scale" in out
+
+
+def test_gnu_style_flags_and_their_errors(capsys):
+    """--lead-hours means --lead_hours; a bad value is a one-line error naming the flag."""
+    code, _, err = run_cli(capsys, "forecast", "--config=demo", "--lead-hours=0")
+    assert code == 2 and "lead_hours" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_bench_sampler_writes_json(capsys, tmp_path):
     out_file = tmp_path / "bench.json"
     code, out, err = run_cli(capsys, "bench", "sampler", "--config=demo", "--grid=16x16", "--channels=4",
-                             "--batch=4", "--repeats=1", "--config.sampler.steps=5", f"--out={out_file}")
+                             "--eps=conv", "--batch=4", "--repeats=1", "--config.sampler.steps=5", f"--out={out_file}")
     assert code == 0, err
     result = json.loads(out_file.read_text())
     assert result["nfe"] == 5 and result["shape"] == [4, 16, 16, 4] and result["output_finite"]
     assert result["devices"] == 4 and result["batch_sharded"]
     assert result["nfe_per_s"] > 0 and result["compile_s"] > 0 and result["flops_per_forward"] > 0
     assert "NFE/s" in out
+
+
+def test_bench_sampler_with_the_unet_rollout(capsys, tmp_path):
+    """The full benchmark: the config's U-Nets, guided batch, matmul reference, rollout overhead, memory."""
+    out_file = tmp_path / "bench.json"
+    tiny = str(Path(__file__).parent / "tiny_config.py") + ":/nonexistent.zarr"
+    code, out, err = run_cli(capsys, "bench", "sampler", f"--config={tiny}", "--grid=16x16", "--batch=4",
+                             "--repeats=1", "--lead_steps=1", "--config.sampler.steps=2", "--config.ensemble.walks=1",
+                             f"--out={out_file}")
+    assert code == 0, err
+    r = json.loads(out_file.read_text())
+    assert r["eps"] == "unet" and r["shape"] == [4, 16, 16, 18] and r["guided_batch"] == 8 and r["nfe"] == 2
+    assert r["member_steps_per_s"] > 0 and r["denoiser_gflop_per_sample"] > 0 and r["matmul_gflops_per_s"] > 0
+    assert 0 < r["achieved_fraction_of_matmul"] < 2 and r["rollout_s"] > 0 and r["xla_rollout_bytes"] > 0
+    assert r["devices"] == 4 and r["batch_sharded"] and "members × steps/s" in out and "overhead" in out
 
 
 def test_bench_needs_a_known_target(capsys):

@@ -16,7 +16,7 @@ def test_every_preset_validates(variant):
 @pytest.mark.parametrize(
     "variant, base, steps, members, walks, guidance",
     [
-        ("demo", 32, 10, 8, 2, 0.5),
+        ("demo", 16, 10, 8, 2, 0.5),
         ("hrrr_4090", 64, 200, 50, 1, 1.0),
         ("hrrr_expanded", 128, 10, 16, 8, 0.1),
         ("hrrr_production", 256, 999, 50, 1, 1.0),

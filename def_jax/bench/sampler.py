@@ -118,7 +118,7 @@ def run_sampler_bench(
     mesh = parallel.make_mesh(cfg.parallel.data_axis, cfg.parallel.spatial_axis)
     n_data = mesh.shape[parallel.DATA]
     sharded = batch % n_data == 0 and n_data > 1
-    x_sharding = parallel.batch_sharding(mesh) if sharded else parallel.replicated(mesh)
+    x_sharding = parallel.leading_sharding(mesh) if sharded else parallel.replicated(mesh)
     x_T = jax.device_put(jax.random.normal(jax.random.key(1), (batch, height, width, channels)), x_sharding)
     params = jax.device_put(params, parallel.replicated(mesh))
     key = jax.random.key(2)

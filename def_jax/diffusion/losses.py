@@ -46,6 +46,13 @@ def noisy_sample(key: jax.Array, schedule: VPSchedule, x0: jax.Array) -> tuple[j
     return schedule.add_noise(x0, tau, eps), tau, eps
 
 
+def apply_null_condition(condition: jax.Array, dropped: jax.Array,
+                         null_condition: Optional[jax.Array] = None) -> jax.Array:
+    """The condition [B, ...] with the samples where ``dropped`` [B] is True replaced by ∅ (zeros by default)."""
+    null = jnp.zeros_like(condition) if null_condition is None else jnp.broadcast_to(null_condition, condition.shape)
+    return jnp.where(dropped.reshape((-1,) + (1,) * (condition.ndim - 1)), null, condition)
+
+
 def condition_dropout(
     key: jax.Array, condition: jax.Array, p_uncond: float, null_condition: Optional[jax.Array] = None
 ) -> tuple[jax.Array, jax.Array]:
@@ -57,6 +64,4 @@ def condition_dropout(
       ``(condition', dropped)`` with ``dropped`` a bool [B] mask of the samples that got ∅.
     """
     dropped = jax.random.bernoulli(key, p_uncond, (condition.shape[0],))  # [B]
-    null = jnp.zeros_like(condition) if null_condition is None else jnp.broadcast_to(null_condition, condition.shape)
-    mask = dropped.reshape((-1,) + (1,) * (condition.ndim - 1))
-    return jnp.where(mask, null, condition), dropped
+    return apply_null_condition(condition, dropped, null_condition), dropped

@@ -1,0 +1,218 @@
+"""``def-jax bench sampler`` with the real networks (the default, ``--eps=unet``): the config's U-Net denoiser ε_θ
+and forecaster G_φ (random weights: throughput does not depend on their values) on a grid.
+
+Measured in one run, each compiled program timed by its median over ``repeats`` after a warm-up:
+
+* the machine's float32 matmul GFLOP/s (a 2048² × 2048² product), the reference for what the networks achieve;
+* one DEF perturbation for B members (a reverse diffusion of S solver steps with classifier-free guidance, 2B
+  samples per network call when 0 < λ < 1): members × steps/s, NFE/s, achieved GFLOP/s from XLA's FLOP count;
+* one denoiser call on the guided batch alone, and one G_φ step on B members alone;
+* the full rollout program of L forecast steps with K walks (the ``lax.scan`` of :mod:`def_jax.forecast.rollout`),
+  against its cost predicted from the parts: L × (K × S × denoiser call + G_φ step) → the rollout's overhead;
+* compile seconds of the perturbation and rollout programs; XLA's memory analysis of the rollout program and the
+  process's peak resident memory.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from def_jax import parallel
+from def_jax.diffusion.samplers import make_sampler
+from def_jax.diffusion.schedules import make_schedule
+from def_jax.forecast.rollout import RolloutSpec, guidance_kind, make_rollout, member_keys, perturb
+
+
+def _median(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _compile(fn, *args) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", float("nan")))
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 matmul throughput: 2n³ / the median time of an n×n by n×n product."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    jax.block_until_ready(f(a, b))
+    return 2 * n**3 / _median(lambda: f(a, b), repeats) / 1e9
+
+
+def _channels(cfg):
+    from def_jax.catalogue import load_catalogue
+    from def_jax.data.source import COORD_STATICS, resolve_statics
+    from def_jax.models.networks import Channels
+
+    cat = load_catalogue(cfg.data.catalogue, cfg.data.levels)
+    statics = resolve_statics(cfg.data.statics, cat)
+    n_static = sum(1 if n in COORD_STATICS else cat[n].num_channels for n in statics)
+    return Channels(state=cat.num_channels("state"), forcing=cat.num_channels("forcing"), static=n_static,
+                    time=4 if cfg.data.time_encodings else 0)
+
+
+def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, width: int, repeats: int = 3,
+                   lead_steps: int = 2, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """See the module docstring. ``batch`` = ensemble members B."""
+    from flax import nnx
+
+    from def_jax.models.networks import def_condition
+    from def_jax.training.loop import build_denoiser, build_forecaster, init_params
+
+    if cfg.diffusion.mode != "def":
+        raise ValueError("bench sampler --eps=unet measures the DEF rollout (config.diffusion.mode = def)")
+    channels = _channels(cfg)
+    mesh = parallel.make_mesh(cfg.parallel.data_axis, 1)
+    n_data = mesh.shape[parallel.DATA]
+    rep = parallel.replicated(mesh)
+    lead = parallel.leading_sharding(mesh) if batch % n_data == 0 else rep
+    gflops_ref = matmul_gflops()
+    log(f"matmul reference: {gflops_ref:.1f} GFLOP/s float32")
+    d_graph, d_params = init_params(lambda: build_denoiser(cfg, channels, 1), rep)
+    f_graph, f_params = init_params(lambda: build_forecaster(cfg, channels, 0), rep)
+    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_steps)
+    sample = make_sampler(**cfg.sampler.to_dict())
+    lam = float(cfg.ensemble.guidance_scale)
+    walks = max(int(cfg.ensemble.walks), 1)
+    spec1 = RolloutSpec(walks=1, guidance=guidance_kind(lam))
+    guided_batch = batch * (2 if spec1.guidance == "guided" else 1)
+    h, w, c = height, width, channels.state
+    rng = np.random.default_rng(0)
+    x = jax.device_put(jnp.asarray(rng.normal(size=(batch, h, w, c)), jnp.float32), lead)
+    keys = member_keys(jax.random.PRNGKey(0), jnp.arange(batch, dtype=jnp.int32))
+
+    def eps_net(params):
+        net = nnx.merge(d_graph, params)
+        return lambda xx, tau, cc: net(xx, tau, cc)
+
+    def g_fn(params):
+        net = nnx.merge(f_graph, params)
+        return lambda s, f, tf, st: net(s, f, tf, st)
+
+    # one perturbation walk: B reverse diffusions of S steps
+    def perturbation(params, x, keys):
+        return perturb(eps_net(params), sample, schedule, spec1, x, keys, jnp.float32(lam))
+
+    log(f"compiling one perturbation ({batch} members, {cfg.sampler.name} S={cfg.sampler.steps}, "
+        f"{h}×{w}×{c})...")
+    p_compiled, p_compile_s = _compile(perturbation, d_params, x, keys)
+    jax.block_until_ready(p_compiled(d_params, x, keys))
+    p_s = _median(lambda: p_compiled(d_params, x, keys), repeats)
+    nfe = int(cfg.sampler.steps) + int(cfg.sampler.denoise_to_zero)
+
+    # the denoiser alone on the guided batch, G_φ alone on B members
+    xg = jnp.concatenate([x] * (guided_batch // batch))
+    d_compiled, _ = _compile(lambda p, xx: eps_net(p)(xx, jnp.float32(500.0), def_condition(xx)), d_params, xg)
+    jax.block_until_ready(d_compiled(d_params, xg))
+    d_s = _median(lambda: d_compiled(d_params, xg), max(repeats, 5))
+    d_flops = _flops(d_compiled)
+    k = int(cfg.data.history)
+    states = jnp.broadcast_to(x[:, None], (batch, k, h, w, c))
+    forc = jnp.zeros((batch, k, h, w, channels.forcing), jnp.float32)
+    tf = jnp.zeros((batch, k + 1, channels.time), jnp.float32)
+    st = jnp.zeros((batch, h, w, channels.static), jnp.float32)
+    g_compiled, _ = _compile(lambda p, s: g_fn(p)(s, forc, tf, st), f_params, states)
+    jax.block_until_ready(g_compiled(f_params, states))
+    g_s = _median(lambda: g_compiled(f_params, states), max(repeats, 5))
+    g_flops = _flops(g_compiled)
+
+    # the full rollout: L steps × (K walks + G_φ)
+    spec = RolloutSpec(walks=walks, history=k, forecaster_history=k, guidance=guidance_kind(lam),
+                       lead_steps=lead_steps)
+    def program(fp, dp, states, ids, key, forcings, tfs, statics):
+        r = make_rollout(g_fn(fp), eps_net(dp), sample, schedule, spec)
+        return r(states, ids, key, jnp.int32(0), forcings, tfs, statics, jnp.float32(lam))
+
+    ids = jax.device_put(jnp.arange(batch, dtype=jnp.int32), lead)
+    forcings = jnp.zeros((k + lead_steps - 1, h, w, channels.forcing), jnp.float32)
+    tfs = jnp.zeros((k + lead_steps, channels.time), jnp.float32)
+    statics = jnp.zeros((h, w, channels.static), jnp.float32)
+    args = (f_params, d_params, jax.device_put(states, lead), ids, jax.random.PRNGKey(1), forcings, tfs, statics)
+    log(f"compiling the rollout ({lead_steps} steps × K={walks} walks)...")
+    r_compiled, r_compile_s = _compile(program, *args)
+    jax.block_until_ready(r_compiled(*args))
+    r_s = _median(lambda: r_compiled(*args), repeats)
+    predicted = lead_steps * (walks * nfe * d_s + g_s)
+    mem = r_compiled.memory_analysis()
+    xla_bytes = None if mem is None else int(mem.temp_size_in_bytes + mem.argument_size_in_bytes
+                                              + mem.output_size_in_bytes)
+    member_steps_per_s = batch * nfe / p_s
+    return {
+        "eps": "unet",
+        "sampler": cfg.sampler.name, "order": cfg.sampler.order, "method": cfg.sampler.method,
+        "spacing": cfg.sampler.spacing, "schedule": cfg.diffusion.schedule, "steps": int(cfg.sampler.steps),
+        "nfe": nfe, "members": batch, "guidance_scale": lam, "guided_batch": guided_batch, "walks": walks,
+        "shape": [batch, h, w, c], "denoiser_width": int(cfg.denoiser.base_channels),
+        "channel_mults": list(cfg.denoiser.channel_mults), "dtype": cfg.denoiser.dtype,
+        "devices": mesh.size, "batch_sharded": lead is not rep,
+        "matmul_gflops_per_s": gflops_ref,
+        "compile_s": p_compile_s, "rollout_compile_s": r_compile_s,
+        "persistent_cache": bool(jax.config.jax_compilation_cache_dir),
+        "run_s": p_s, "member_steps_per_s": member_steps_per_s, "nfe_per_s": nfe / p_s,
+        "member_nfe_per_s": member_steps_per_s, "ms_per_step": 1e3 * p_s / nfe,
+        "denoiser_gflop_per_sample": d_flops / guided_batch / 1e9,
+        "denoiser_call_ms": 1e3 * d_s, "denoiser_gflops_per_s": d_flops / d_s / 1e9,
+        "achieved_gflops_per_s": d_flops * nfe / p_s / 1e9,
+        "achieved_fraction_of_matmul": d_flops * nfe / p_s / 1e9 / gflops_ref,
+        "solver_overhead_pct": 100.0 * (p_s - nfe * d_s) / p_s,
+        "forecaster_gflop_per_member": g_flops / batch / 1e9, "forecaster_step_ms": 1e3 * g_s,
+        "rollout_lead_steps": lead_steps, "rollout_s": r_s, "rollout_predicted_s": predicted,
+        "rollout_overhead_pct": 100.0 * (r_s - predicted) / r_s,
+        "rollout_member_hours_per_s": batch * lead_steps / r_s,
+        "xla_rollout_bytes": xla_bytes, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "repeats": repeats,
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "backend": jax.default_backend(), "jax": jax.__version__, "devices": mesh.size},
+    }
+
+
+def format_table(r: dict[str, Any]) -> str:
+    rows = [
+        ("sampler", f"{r['sampler']} (order {r['order']}, {r['method']}, {r['spacing']}), S={r['steps']}, "
+                    f"{r['schedule']} schedule"),
+        ("state", f"{r['members']} members × {'×'.join(map(str, r['shape'][1:]))} on {r['devices']} device(s)"
+                  + (" (member-sharded)" if r["batch_sharded"] else "")),
+        ("denoiser", f"U-Net width {r['denoiser_width']} {tuple(r['channel_mults'])}, {r['dtype']}, "
+                     f"{r['denoiser_gflop_per_sample']:.3f} GFLOP per sample"),
+        ("guidance", f"λ={r['guidance_scale']}: {r['guided_batch']} samples per network call"),
+        ("compile", f"{r['compile_s']:.1f} s (perturbation), {r['rollout_compile_s']:.1f} s (rollout)"),
+        ("one perturbation", f"{r['run_s']:.3f} s"),
+        ("members × steps/s", f"{r['member_steps_per_s']:.2f}"),
+        ("NFE/s", f"{r['nfe_per_s']:.2f} (network calls on the guided batch)"),
+        ("denoiser call", f"{r['denoiser_call_ms']:.1f} ms → {r['denoiser_gflops_per_s']:.1f} GFLOP/s"),
+        ("achieved", f"{r['achieved_gflops_per_s']:.1f} GFLOP/s = {100 * r['achieved_fraction_of_matmul']:.0f} % of "
+                     f"this machine's matmul {r['matmul_gflops_per_s']:.1f} GFLOP/s"),
+        ("solver overhead", f"{r['solver_overhead_pct']:.1f} % of the perturbation"),
+        ("G_φ step", f"{r['forecaster_step_ms']:.1f} ms for {r['members']} members "
+                     f"({r['forecaster_gflop_per_member']:.3f} GFLOP each)"),
+        ("rollout", f"{r['rollout_lead_steps']} steps × K={r['walks']}: {r['rollout_s']:.3f} s, predicted from the "
+                    f"parts {r['rollout_predicted_s']:.3f} s → overhead {r['rollout_overhead_pct']:.1f} %"),
+        ("memory", (f"XLA rollout program {r['xla_rollout_bytes'] / 2**20:.0f} MiB; " if r["xla_rollout_bytes"]
+                    else "") + f"process peak {r['peak_rss_mb']:.0f} MB"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

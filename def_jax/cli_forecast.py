@@ -1,0 +1,179 @@
+"""The forecast, tune-guidance, evaluate and plot commands of ``def-jax``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from absl import flags
+
+from def_jax import configuration
+
+if TYPE_CHECKING:
+    from def_jax.cli import Invocation
+
+# flag → config field it overrides (the flags are shorthands; --config.FIELD=VALUE works as well)
+FORECAST_OVERRIDES = {
+    "lead_hours": "ensemble.lead_hours", "members": "ensemble.members", "walks": "ensemble.walks",
+    "guidance_scale": "ensemble.guidance_scale", "sampler_steps": "sampler.steps",
+}
+
+
+def forecast_define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("init", None, "Initial time(s), e.g. 2024-06-13T00 or a comma-separated list "
+                        "(default: config.ensemble.init_times, else the start of data.test_period).", flag_values=fv)
+    flags.DEFINE_integer("cycles", 1, "Cycles from each --init, --every hours apart.", flag_values=fv, lower_bound=1)
+    flags.DEFINE_float("every", 24.0, "Hours between cycles.", flag_values=fv, lower_bound=0.0)
+    flags.DEFINE_integer("lead_hours", None, "Forecast horizon in hours (config.ensemble.lead_hours).",
+                         flag_values=fv, lower_bound=1)
+    flags.DEFINE_integer("members", None, "Ensemble members B (config.ensemble.members).", flag_values=fv,
+                         lower_bound=1)
+    flags.DEFINE_integer("walks", None, "Chained perturbation walks K per step (config.ensemble.walks).",
+                         flag_values=fv, lower_bound=0)
+    flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale λ (config.ensemble.guidance_scale).",
+                       flag_values=fv, lower_bound=0.0)
+    flags.DEFINE_integer("sampler_steps", None, "Solver steps S per reverse diffusion (config.sampler.steps).",
+                         flag_values=fv, lower_bound=1)
+    flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/forecasts).", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Redo cycles whose file exists.", flag_values=fv)
+
+
+def apply_overrides(cfg, fv: flags.FlagValues, table: dict[str, str]):
+    """Copy the shorthand flags that were given into their config fields, then validate again."""
+    for flag, path in table.items():
+        value = getattr(fv, flag)
+        if value is not None:
+            section, name = path.rsplit(".", 1)
+            node = cfg
+            for part in section.split("."):
+                node = node[part]
+            node[name] = type(node[name])(value) if node[name] is not None else value
+    return configuration.validate(cfg)
+
+
+def default_init(cfg) -> str:
+    if cfg.ensemble.init_times:
+        return cfg.ensemble.init_times
+    from def_jax.data.schema import parse_period
+
+    return str(parse_period(cfg.data.test_period, "config.data.test_period")[0])
+
+
+def forecast_run(inv: "Invocation") -> int:
+    from def_jax.forecast.run import forecast, parse_inits
+
+    cfg = apply_overrides(inv.config, inv.flags, FORECAST_OVERRIDES)
+    fv = inv.flags
+    inits = parse_inits(fv.init, fv.cycles, fv.every, "" if fv.init else default_init(cfg))
+    out = Path(fv.out) if fv.out else inv.workdir / "forecasts"
+    files = forecast(cfg, inv.workdir, out, inits, overwrite=fv.overwrite)
+    print(f"{len(files)} forecast file(s) in {out}")
+    return 0
+
+
+def _forecast_files(spec: str) -> list[Path]:
+    """A directory (its forecast_*.nc), a file, or a glob → the sorted forecast files; none is a user error."""
+    import glob
+
+    from def_jax.errors import UserError
+
+    p = Path(spec)
+    files = sorted(p.glob("forecast_*.nc")) if p.is_dir() else sorted(Path(f) for f in glob.glob(spec))
+    if not files:
+        raise UserError(f"--forecasts={spec}: no forecast files (expected a directory of forecast_*.nc, a file or a "
+                        f"glob; run def-jax forecast first)")
+    return files
+
+
+def evaluate_define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("forecasts", None, "Forecast files: a directory, a file or a glob (default: "
+                        "WORKDIR/forecasts).", flag_values=fv)
+    flags.DEFINE_string("truth", None, "The Zarr store with the truth (default: config.data.store).", flag_values=fv)
+    flags.DEFINE_string("out", None, "Output directory for the CSV tables (default: WORKDIR/evaluation).",
+                        flag_values=fv)
+
+
+def evaluate_run(inv: "Invocation") -> int:
+    from def_jax.evaluation.evaluate import evaluate
+
+    fv, cfg = inv.flags, inv.config
+    files = _forecast_files(fv.forecasts or str(inv.workdir / "forecasts"))
+    out = Path(fv.out) if fv.out else inv.workdir / "evaluation"
+    result = evaluate(files, Path(fv.truth or cfg.data.store), out, config=cfg)
+    print(f"evaluated {result['cycles']} cycle(s): " + ", ".join(str(p) for p in result["tables"].values()))
+    return 0
+
+
+def plot_define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("evaluation", None, "Directory of the evaluate tables (default: WORKDIR/evaluation).",
+                        flag_values=fv)
+    flags.DEFINE_string("forecasts", None, "A forecast file or directory for the maps (default: WORKDIR/forecasts; "
+                        "the first file).", flag_values=fv)
+    flags.DEFINE_string("truth", None, "The Zarr store for the truth maps (default: config.data.store).",
+                        flag_values=fv)
+    flags.DEFINE_list("variables", None, "Variables/levels to plot, e.g. refc,t2m,z500 (default: the surface "
+                      "variables and 500 hPa).", flag_values=fv)
+    flags.DEFINE_list("lead_hours", None, "Lead times (h) of the maps (default: three over the horizon).",
+                      flag_values=fv)
+    flags.DEFINE_integer("members_to_show", 4, "Members drawn in the maps.", flag_values=fv, lower_bound=0)
+    flags.DEFINE_string("out", None, "Output directory for the PNGs (default: WORKDIR/plots).", flag_values=fv)
+
+
+def plot_run(inv: "Invocation") -> int:
+    from def_jax.errors import UserError
+    from def_jax.evaluation.plots import make_plots
+
+    fv, cfg = inv.flags, inv.config
+    forecasts = Path(fv.forecasts) if fv.forecasts else inv.workdir / "forecasts"
+    try:
+        leads = [int(x) for x in fv.lead_hours] if fv.lead_hours else None
+    except ValueError:
+        raise UserError(f"--lead_hours: expected whole hours such as 1,6,12; got {','.join(fv.lead_hours)}") from None
+    out = Path(fv.out) if fv.out else inv.workdir / "plots"
+    paths = make_plots(Path(fv.evaluation) if fv.evaluation else inv.workdir / "evaluation", out,
+                       forecast_path=forecasts if forecasts.exists() else None, store=Path(fv.truth or cfg.data.store),
+                       lead_hours=leads, variables=fv.variables, members_to_show=fv.members_to_show)
+    print(f"{len(paths)} figure(s) in {out}")
+    return 0
+
+
+def tune_define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_list("scales", None, "Guidance scales λ to try (default: config.tuning.guidance_scales).",
+                      flag_values=fv)
+    flags.DEFINE_list("walks", None, "Walks K to try (default: config.tuning.walks).", flag_values=fv)
+    flags.DEFINE_float("every", 12.0, "Hours between the validation cycles.", flag_values=fv, lower_bound=1.0)
+    flags.DEFINE_integer("max_cycles", 4, "At most this many validation cycles per setting.", flag_values=fv,
+                         lower_bound=1)
+    flags.DEFINE_integer("lead_hours", None, "Forecast horizon (config.ensemble.lead_hours).", flag_values=fv,
+                         lower_bound=1)
+    flags.DEFINE_integer("members", None, "Members B (config.ensemble.members).", flag_values=fv, lower_bound=2)
+    flags.DEFINE_integer("sampler_steps", None, "Solver steps S (config.sampler.steps).", flag_values=fv,
+                         lower_bound=1)
+    flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/tuning).", flag_values=fv)
+
+
+def tune_run(inv: "Invocation") -> int:
+    from def_jax.errors import UserError
+    from def_jax.tuning import tune_guidance
+
+    fv = inv.flags
+    cfg = apply_overrides(inv.config, fv, {k: v for k, v in FORECAST_OVERRIDES.items()
+                                           if k in ("lead_hours", "members", "sampler_steps")})
+    try:
+        scales = [float(x) for x in (fv.scales or cfg.tuning.guidance_scales)]
+        walks = [int(x) for x in (fv.walks or cfg.tuning.walks)]
+    except ValueError:
+        raise UserError("--scales takes numbers such as 0.3,0.5 and --walks whole numbers such as 1,3") from None
+    if any(s < 0 for s in scales) or any(k < 0 for k in walks):
+        raise UserError("--scales and --walks must be >= 0")
+    out = Path(fv.out) if fv.out else inv.workdir / "tuning"
+    result = tune_guidance(cfg, inv.workdir, out, scales=scales, walks=walks, every_hours=fv.every,
+                           max_cycles=fv.max_cycles)
+    print(f"{'K':>3} {'λ':>6} {'SSR':>7} {'|log SSR|':>10} {'CRPS/MAE det':>13}")
+    for r in result["rows"]:
+        print(f"{r['walks']:>3} {r['guidance_scale']:>6g} {r['mean_ssr']:>7.3f} {r['mean_abs_log_ssr']:>10.3f} "
+              f"{r['crps_over_deterministic_mae']:>13.3f}")
+    b = result["best"]
+    print(f"best calibrated: --config.ensemble.walks={b['walks']} --config.ensemble.guidance_scale={b['guidance_scale']:g}"
+          f" (spread/skill {b['mean_ssr']:.2f}); table {result['table']}")
+    return 0

@@ -1,0 +1,75 @@
+"""The model commands of ``def-jax``: train-forecaster, train-diffusion, info."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from absl import flags
+
+from def_jax.errors import UserError
+
+if TYPE_CHECKING:
+    from def_jax.cli import Invocation
+
+
+def train_define(fv: flags.FlagValues) -> None:
+    """No flags of their own: everything is in the config (``--config.training.forecaster.max_steps=...``)."""
+
+
+def _train(kind: str, inv: "Invocation") -> int:
+    from def_jax import parallel
+
+    p = inv.config.parallel
+    parallel.initialize_distributed(p.coordinator_address, p.num_processes, p.process_id)  # before any JAX work
+    from def_jax.training.loop import train
+
+    summary = train(kind, inv.config, inv.workdir)
+    print(f"{kind}: step {summary['step']} of {summary['total_steps']}"
+          + (f", best validation loss {summary['best_val_loss']:.4g}" if summary.get("best_val_loss") else ""))
+    return 0
+
+
+def train_forecaster_run(inv: "Invocation") -> int:
+    return _train("forecaster", inv)
+
+
+def train_diffusion_run(inv: "Invocation") -> int:
+    return _train("diffusion", inv)
+
+
+def info_define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_enum("model", "both", ["forecaster", "denoiser", "both"], "Which network to report.",
+                      flag_values=fv)
+    flags.DEFINE_string("grid", None, "HEIGHTxWIDTH (default: data.crop_shape if set, else data.grid_shape).",
+                        flag_values=fv)
+    flags.DEFINE_bool("memory", False, "Also compile one training step and report XLA's memory analysis.",
+                      flag_values=fv)
+    flags.DEFINE_integer("batch", None, "Micro-batch for --memory (default: training.<model>.batch_size).",
+                         flag_values=fv, lower_bound=1)
+    flags.DEFINE_string("out", None, "Also write the report as JSON here.", flag_values=fv)
+
+
+def info_run(inv: "Invocation") -> int:
+    from def_jax.bench import write_json
+    from def_jax.training.info import format_report, model_report
+
+    cfg, fv = inv.config, inv.flags
+    if fv.grid:
+        m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", fv.grid)
+        if not m:
+            raise UserError(f"--grid: expected HEIGHTxWIDTH such as 256x256; got {fv.grid!r}")
+        grid = (int(m[1]), int(m[2]))
+    else:
+        crop = tuple(cfg.data.crop_shape)
+        grid = crop if min(crop) > 0 else tuple(cfg.data.grid_shape)
+    kinds = ["forecaster", "diffusion"] if fv.model == "both" else [
+        "forecaster" if fv.model == "forecaster" else "diffusion"]
+    reports = [model_report(cfg, k, grid, memory=fv.memory, batch=fv.batch) for k in kinds]
+    for r in reports:
+        print(format_report(r))
+    if fv.out:
+        from pathlib import Path
+
+        write_json({"preset": cfg.preset, "reports": reports}, Path(fv.out))
+    return 0

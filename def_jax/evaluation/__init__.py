@@ -1,0 +1,1 @@
+"""Verification of forecasts against the store: metric math (``metrics``) and the CSV tables (``evaluate``)."""

@@ -1,0 +1,584 @@
+"""``def-jax evaluate``: forecast files (docs/FORECASTS.md) against the store's truth (docs/DATA.md) → CSV tables.
+
+One forecast file (cycle) at a time, one field (variable, level, lead) at a time: a field's members [M, Y, X] are read
+from the NetCDF file, its truth from the store slot of its valid time. Leads whose valid time is not written in the
+store are skipped (and counted). Systems:
+
+* ``def`` (or ``direct`` when the file's ``mode`` starts with ``direct``): the ensemble members;
+* ``deterministic``: ``<var>_deterministic`` when the file has it;
+* ``persistence``: the store's state at the initial time (when that slot is written);
+* ``climatology``: the store statistics ``<var>_mean``; for events, the base rate of the training period
+  (``stats_train_period``), computed once from the store.
+
+Per-cycle quantities are accumulated so that the tables are those of the pooled cycles: means of per-cycle means
+(MAE, bias, CRPS, energy), RMSE = sqrt(mean of the per-cycle MSE), spread = sqrt(mean of the per-cycle mean
+variance), SSR from the aggregated spread and RMSE; Brier sums, reliability bins, contingency tables, FSS numerators
+and denominators and rank counts are summed. The metric math is :mod:`def_jax.evaluation.metrics`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from def_jax.data.schema import open_store, parse_period, store_catalogue, written_mask
+from def_jax.errors import UserError
+from def_jax.evaluation import metrics
+from def_jax.geo import LambertConformal
+from def_jax.progress import progress
+
+FORMAT_VERSION = 1
+SCORES_COLUMNS = ("system", "variable", "level", "lead_hours", "score", "threshold", "window", "value", "count",
+                  "weighting")
+RANK_COLUMNS = ("system", "variable", "level", "lead_hours", "rank", "count")
+RELIABILITY_COLUMNS = ("system", "variable", "threshold", "lead_hours", "bin_lower", "bin_upper",
+                       "forecast_probability", "observed_frequency", "count")
+SPECTRA_COLUMNS = ("system", "variable", "level", "lead_hours", "wavenumber", "wavelength_km", "power")
+SYSTEMS = ("def", "direct", "deterministic", "persistence", "climatology")
+ENSEMBLES = ("def", "direct")
+SCORES = ("rmse", "mae", "bias", "crps", "crps_standard", "spread", "ssr", "energy", "brier", "bss", "csi", "pod",
+          "far", "fss")
+WEIGHTINGS = ("uniform", "map_factor", "coslat")
+RELIABILITY_BINS = 10
+EVENT_PROBABILITY = 0.5  # an ensemble forecasts "yes" (CSI, POD, FAR) where at least half of its members exceed
+COUNT_SCORES = ("csi", "pod", "far", "fss")  # counts over grid points: never area-weighted
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The ``evaluation`` section of the config, checked."""
+
+    fair_crps: bool
+    thresholds: dict  # variable -> thresholds (variable units)
+    fss_windows: tuple[int, ...]
+    weighting: str
+
+    @classmethod
+    def from_config(cls, config) -> "Settings":
+        ev = config.evaluation
+        windows = tuple(int(w) for w in ev.fss_windows)
+        bad = [w for w in windows if w < 1 or w % 2 == 0]
+        if bad:
+            raise UserError(f"evaluation.fss_windows: windows must be odd numbers of grid points ≥ 1; got {bad}")
+        weighting = str(ev.area_weighting)
+        if weighting not in WEIGHTINGS:
+            raise UserError(f"evaluation.area_weighting: expected one of {', '.join(WEIGHTINGS)}; got {weighting!r}")
+        thresholds = {name: tuple(float(t) for t in getattr(ev, f"{name}_thresholds", ()) or ())
+                      for name in ("refc", "cape")}
+        return cls(bool(ev.fair_crps), {k: v for k, v in thresholds.items() if v}, windows, weighting)
+
+
+# --- the truth: the store ---------------------------------------------------------------------------------------
+
+
+class Truth:
+    """The store as truth: fields by valid time, area weights, climatology, event base rates."""
+
+    def __init__(self, path: Path, settings: Settings, log: Callable[[str], None]):
+        self.path = Path(path)
+        self.ds = ds = open_store(self.path)
+        catalogue = store_catalogue(ds)
+        self.state = [v.name for v in catalogue.by_role("state") if v.name in ds]
+        self.order = {name: i for i, name in enumerate(self.state)}
+        written = written_mask(ds)
+        times = ds["time"].values.astype("datetime64[ns]")
+        self.index = {t: i for i, t in enumerate(times) if written[i]}
+        self.shape = (ds.sizes["y"], ds.sizes["x"])
+        self.y, self.x = np.asarray(ds["y"].values), np.asarray(ds["x"].values)
+        self.weights = self._weights(settings.weighting)  # [Y, X] mean 1
+        self.dx_km = self._dx_km()
+        self._clim: dict[str, Optional[np.ndarray]] = {}
+        missing_stats = [v for v in self.state if f"{v}_mean" not in ds]
+        if missing_stats:
+            log(f"evaluate: the store has no statistics for {', '.join(missing_stats)} (run def-jax stats): "
+                "no climatology for them")
+        self.base_rates = self._base_rates(settings.thresholds, times, written, log)
+
+    def _crs(self) -> dict:
+        return dict(self.ds["crs"].attrs) if "crs" in self.ds else {}
+
+    def _weights(self, weighting: str) -> np.ndarray:
+        lat = np.asarray(self.ds["latitude"].values, np.float64)
+        if weighting == "uniform":
+            return np.ones(self.shape, np.float32)
+        if weighting == "coslat":
+            return metrics.coslat_weights(lat).astype(np.float32)
+        crs = self._crs()
+        if crs.get("grid_mapping_name") != "lambert_conformal_conic":
+            raise UserError(f"store {self.path}: evaluation.area_weighting=map_factor needs a Lambert conformal grid; "
+                            f"crs grid_mapping_name is {crs.get('grid_mapping_name')!r} (use coslat or uniform)")
+        parallels = np.atleast_1d(np.asarray(crs["standard_parallel"], np.float64))
+        projection = LambertConformal(lat_1=float(parallels[0]), lat_2=float(parallels[-1]),
+                                      lat_0=float(crs["latitude_of_projection_origin"]),
+                                      lon_0=float(crs["longitude_of_central_meridian"]),
+                                      radius=float(crs.get("earth_radius", 6_371_229.0)))
+        return metrics.lambert_cell_area_weights(lat, projection).astype(np.float32)
+
+    def _dx_km(self) -> float:
+        """Grid spacing for spectra: from the projection coordinates (m), else nominal from the latitude spacing."""
+        if self._crs().get("grid_mapping_name") == "lambert_conformal_conic" and len(self.x) > 1:
+            return float(abs(self.x[1] - self.x[0])) / 1000.0
+        lat = np.asarray(self.ds["latitude"].values, np.float64)
+        dlat = abs(lat[1, 0] - lat[0, 0]) if lat.ndim == 2 and lat.shape[0] > 1 else 1.0
+        return float(np.radians(dlat) * 6371.229)
+
+    def _base_rates(self, thresholds: dict, times: np.ndarray, written: np.ndarray, log) -> dict:
+        """Area-weighted frequency of var ≥ threshold over the written slots of ``stats_train_period``."""
+        wanted = [v for v in thresholds if v in self.order and self.ds[v].ndim == 3]
+        period = self.ds.attrs.get("stats_train_period")
+        if not wanted:
+            return {}
+        if not period:
+            log(f"evaluate: store {self.path} has no stats_train_period (run def-jax stats): no climatological "
+                "event probabilities, no Brier skill score")
+            return {}
+        start, end = parse_period(period, "stats_train_period")
+        slots = np.nonzero(written & (times >= start) & (times <= end))[0]
+        if len(slots) == 0:
+            log(f"evaluate: no written slot in stats_train_period {period}: no climatological event probabilities")
+            return {}
+        w = self.weights.astype(np.float64)
+        rates = {}
+        for var in wanted:
+            thr = np.asarray(thresholds[var])[:, None, None, None]  # [T, 1, 1, 1]
+            hits = np.zeros(len(thresholds[var]))
+            for i in range(0, len(slots), 24):  # a day of slots at a time
+                x = np.asarray(self.ds[var].isel(time=slots[i:i + 24]).values, np.float64)  # [b, Y, X]
+                hits += np.sum((x[None] >= thr) * w, axis=(1, 2, 3))
+            for t, h in zip(thresholds[var], hits):
+                rates[(var, t)] = float(h / (len(slots) * w.sum()))
+        log(f"evaluate: climatological base rates from {len(slots)} slots of {period}")
+        return rates
+
+    def levels(self, var: str) -> Optional[np.ndarray]:
+        da = self.ds[var]
+        return np.asarray(self.ds[da.dims[1]].values, np.float64) if da.ndim == 4 else None
+
+    def field(self, var: str, slot: int) -> np.ndarray:
+        """[(L,) Y, X] float32 at store index ``slot``."""
+        return np.asarray(self.ds[var].isel(time=slot).values, np.float32)
+
+    def climatology(self, var: str, level_index: Optional[int]) -> Optional[float]:
+        """The training-period mean ``<var>_mean`` (of one level), None without statistics."""
+        if var not in self._clim:
+            name = f"{var}_mean"
+            self._clim[var] = np.asarray(self.ds[name].values, np.float64) if name in self.ds else None
+        values = self._clim[var]
+        return None if values is None else float(values if level_index is None else values[level_index])
+
+
+# --- jitted per-field computations ------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("fair",))
+def _ensemble_scores(members, truth, weights, key, fair: bool) -> dict:
+    """members [M, Y, X], truth [Y, X], weights [Y, X] → per-field means, rank counts and spectra."""
+    mean = jnp.mean(members, axis=0)  # [Y, X]
+    err = mean - truth
+    wm = functools.partial(metrics.weighted_mean, weights=weights)
+    out = {
+        "mse": wm(jnp.square(err)), "mae": wm(jnp.abs(err)), "bias": wm(err),
+        "crps_standard": wm(metrics.crps_ensemble(members, truth, fair=False)),
+        "ranks": metrics.rank_histogram(members, truth, key=key),
+        "power": jnp.mean(metrics.radial_power_spectrum(members, 1.0)[2], axis=0),
+        "power_mean": metrics.radial_power_spectrum(mean, 1.0)[2],
+        "power_truth": metrics.radial_power_spectrum(truth, 1.0)[2],
+    }
+    if fair:
+        sw = jnp.sqrt(weights)  # ‖v‖_w = sqrt(Σ w v²): the Euclidean norm of √w·v
+        out["crps_fair"] = wm(metrics.crps_ensemble(members, truth, fair=True))
+        out["var"] = wm(metrics.ensemble_variance(members))
+        out["energy"] = metrics.energy_score(members * sw, truth * sw, event_axes=(-2, -1), fair=True)
+    return out
+
+
+@jax.jit
+def _single_scores(forecast, truth, weights) -> dict:
+    """forecast, truth, weights [Y, X] → MSE, MAE, bias (the CRPS of a single forecast is its MAE)."""
+    err = forecast - truth
+    wm = functools.partial(metrics.weighted_mean, weights=weights)
+    return {"mse": wm(jnp.square(err)), "mae": wm(jnp.abs(err)), "bias": wm(err)}
+
+
+@jax.jit
+def _power(field):
+    return metrics.radial_power_spectrum(field, 1.0)[2]
+
+
+@functools.partial(jax.jit, static_argnames=("windows", "bins"))
+def _event_scores(members, truth, weights, threshold, base_rate, windows: tuple, bins: int) -> dict:
+    """Event ≥ threshold: members [M, Y, X] (M = 1: a single forecast), truth, weights [Y, X]."""
+    obs = (truth >= threshold).astype(jnp.float32)  # [Y, X]
+    prob = jnp.mean((members >= threshold).astype(jnp.float32), axis=0)  # [Y, X]
+    return {
+        "brier": jnp.stack([jnp.sum(weights * jnp.square(prob - obs)), jnp.sum(weights),
+                            jnp.sum(weights * jnp.square(base_rate - obs))]),
+        "contingency": jnp.stack(metrics.contingency(prob >= EVENT_PROBABILITY, obs > 0.5)),
+        "fss": jnp.stack([jnp.stack(metrics.fss_components(prob, obs, w)) for w in windows]),  # [W, 2]
+        "reliability": jnp.stack([c.astype(jnp.float32) for c in metrics.reliability_counts(prob, obs, bins)]),
+    }
+
+
+# --- accumulation over cycles -----------------------------------------------------------------------------------
+
+
+class Accumulator:
+    """Sums over cycles: key (system, variable, level, lead, quantity, threshold, window) → (sum, cycles)."""
+
+    def __init__(self):
+        self.sums: dict = {}
+        self.counts: dict = defaultdict(int)
+        self.members: dict[str, int] = {}
+        self.cycles: dict[tuple, Path] = {}  # (system, init) -> file
+        self.references: set = set()  # (init, variable, level, lead) whose reference scores are in
+
+    def first_reference(self, field: tuple) -> bool:
+        """True the first time a field is seen: the single forecasts (deterministic, persistence, climatology) and the
+        truth's spectrum count once per field even when both a DEF and a direct forecast cover it."""
+        new = field not in self.references
+        self.references.add(field)
+        return new
+
+    def add(self, key: tuple, value) -> None:
+        value = np.asarray(value, np.float64)
+        self.sums[key] = self.sums[key] + value if key in self.sums else value.copy()
+        self.counts[key] += 1
+
+    def get(self, key: tuple):
+        return (self.sums[key], self.counts[key]) if key in self.sums else (None, 0)
+
+
+def _level_str(level: Optional[float]) -> str:
+    return "" if level is None else f"{level:g}"
+
+
+def _value(x) -> str:
+    return f"{float(x):.9g}"  # float32 results exactly; float64 aggregates to 1e-9
+
+
+def _sort_key(system: str, var_order: dict, var: str, level, lead: int) -> tuple:
+    return (SYSTEMS.index(system) if system in SYSTEMS else len(SYSTEMS), system, var_order.get(var, 1 << 20), var,
+            -1.0 if level is None else level, lead)
+
+
+def _mean_over_cycles(acc: Accumulator, base: tuple, qty: str) -> tuple[Optional[float], int]:
+    total, n = acc.get(base + (qty, None, None))
+    return (None, 0) if total is None else (float(total) / n, n)
+
+
+def _score_rows(acc: Accumulator, settings: Settings, var_order: dict) -> list[tuple]:
+    """The rows of scores.csv from the accumulated sums."""
+    quantities = defaultdict(list)  # (system, variable, level, lead) -> [(quantity, threshold, window)]
+    for key in acc.sums:
+        quantities[key[:4]].append(key[4:])
+    rows = []
+    for base in sorted(quantities, key=lambda b: _sort_key(b[0], var_order, *b[1:])):
+        system, var, level, lead = base
+        out: list[tuple] = []  # (score, threshold, window, value, count)
+        mean_of = functools.partial(_mean_over_cycles, acc, base)
+
+        mse, n = mean_of("mse")
+        if mse is not None:
+            out.append(("rmse", None, None, np.sqrt(mse), n))
+        for qty in ("mae", "bias"):
+            value, n = mean_of(qty)
+            if value is not None:
+                out.append((qty, None, None, value, n))
+        if system in ENSEMBLES:
+            fair, n_fair = mean_of("crps_fair")
+            standard, n_std = mean_of("crps_standard")
+            if settings.fair_crps and fair is not None:
+                out.append(("crps", None, None, fair, n_fair))
+            elif not settings.fair_crps and standard is not None:
+                out.append(("crps", None, None, standard, n_std))
+            if standard is not None:
+                out.append(("crps_standard", None, None, standard, n_std))
+            var_mean, n_var = mean_of("var")
+            if var_mean is not None:
+                spread = np.sqrt(var_mean)
+                out.append(("spread", None, None, spread, n_var))
+                m = acc.members[system]
+                out.append(("ssr", None, None, metrics.spread_skill_ratio(spread, np.sqrt(mse), m), n_var))
+            energy, n_e = mean_of("energy")
+            if energy is not None:
+                out.append(("energy", None, None, energy, n_e))
+        else:
+            mae, n = mean_of("mae")
+            if mae is not None:
+                out.append(("crps", None, None, mae, n))  # a single forecast's CRPS is its absolute error
+        thresholds = sorted({thr for _, thr, _ in quantities[base] if thr is not None})
+        for thr in thresholds:
+            brier, n = acc.get(base + ("brier", thr, None))
+            if brier is not None:
+                out.append(("brier", thr, None, brier[0] / brier[1], n))
+                if system != "climatology" and np.isfinite(brier[2]):
+                    out.append(("bss", thr, None, 1.0 - brier[0] / brier[2] if brier[2] > 0 else np.nan, n))
+            table, n = acc.get(base + ("contingency", thr, None))
+            if table is not None:
+                ct = metrics.Contingency(*table)
+                for name, fn in (("csi", metrics.csi), ("pod", metrics.pod), ("far", metrics.far)):
+                    out.append((name, thr, None, fn(ct), n))
+            windows = sorted({w for q, t, w in quantities[base] if q == "fss" and t == thr})
+            for window in windows:
+                comp, n = acc.get(base + ("fss", thr, window))
+                out.append(("fss", thr, window, 1.0 - comp[0] / comp[1] if comp[1] > 0 else np.nan, n))
+        out.sort(key=lambda r: (SCORES.index(r[0]), -1.0 if r[1] is None else r[1], r[2] or 0))
+        for score, thr, window, value, n in out:
+            weighting = "uniform" if score in COUNT_SCORES else settings.weighting
+            rows.append((system, var, _level_str(level), lead, score, _level_str(thr),
+                         "" if window is None else window, _value(value), n, weighting))
+    return rows
+
+
+def _other_rows(acc: Accumulator, var_order: dict, dx_km: float, grid_shape: tuple) -> tuple[list, list, list]:
+    """The rows of rank_histogram.csv, reliability.csv and spectra.csv."""
+    ranks, reliability, spectra = [], [], []
+    edges = np.arange(RELIABILITY_BINS + 1) / RELIABILITY_BINS
+    n = max(grid_shape)
+    for key in sorted(acc.sums, key=lambda k: _sort_key(k[0], var_order, *k[1:4]) + (k[4], k[5] or 0.0)):
+        system, var, level, lead, qty, thr, _ = key
+        total, cycles = acc.get(key)
+        if qty == "ranks":
+            ranks += [(system, var, _level_str(level), lead, r, int(round(c))) for r, c in enumerate(total)]
+        elif qty == "reliability":
+            count, sum_p, sum_o = total
+            for b in range(RELIABILITY_BINS):
+                p, o = (sum_p[b] / count[b], sum_o[b] / count[b]) if count[b] > 0 else (np.nan, np.nan)
+                reliability.append((system, var, _level_str(thr), lead, _value(edges[b]), _value(edges[b + 1]),
+                                    _value(p), _value(o), int(round(count[b]))))
+        elif qty == "power":
+            for k, p in enumerate(total / cycles, start=1):
+                spectra.append((system, var, _level_str(level), lead, k, _value(n * dx_km / k), _value(p)))
+    return ranks, reliability, spectra
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: list) -> Path:
+    """Write atomically: a temporary file beside ``path``, then ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path
+
+
+# --- one cycle --------------------------------------------------------------------------------------------------
+
+
+def _open_forecast(path: Path, truth: Truth) -> xr.Dataset:
+    """Open a forecast file lazily and check that it is one, on the store's grid."""
+    if not path.is_file():
+        raise UserError(f"{path}: forecast file not found")
+    try:
+        fds = xr.open_dataset(path, engine="netcdf4", decode_timedelta=False)
+    except Exception as err:
+        raise UserError(f"{path}: cannot be opened as NetCDF: {str(err).splitlines()[0]}") from None
+    try:
+        version = fds.attrs.get("def_jax_forecast")
+        if version is None:
+            raise UserError(f"{path}: not a def-jax forecast file (no def_jax_forecast attribute)")
+        if int(version) != FORMAT_VERSION:
+            raise UserError(f"{path}: def_jax_forecast is {version!r}, expected {FORMAT_VERSION}")
+        for name in ("init_time", "lead_time", "member", "y", "x"):
+            if name not in fds.variables:
+                raise UserError(f"{path}: no '{name}' variable (expected the layout of docs/FORECASTS.md)")
+        if not np.issubdtype(fds["init_time"].dtype, np.datetime64):
+            raise UserError(f"{path}: init_time is not a CF time (units 'hours since 1970-01-01 00:00:00')")
+        shape = (fds.sizes["y"], fds.sizes["x"])
+        if shape != truth.shape:
+            raise UserError(f"{path}: grid {shape[0]}×{shape[1]} differs from the store's {truth.shape[0]}×"
+                            f"{truth.shape[1]} ({truth.path})")
+        for name, ref in (("y", truth.y), ("x", truth.x)):
+            if not np.allclose(np.asarray(fds[name].values, np.float64), ref, rtol=1e-9, atol=1e-3):
+                raise UserError(f"{path}: {name} coordinates differ from the store's ({truth.path}): "
+                                "another region or stride?")
+    except BaseException:
+        fds.close()
+        raise
+    return fds
+
+
+def _level_pairs(path: Path, fds: xr.Dataset, truth: Truth, var: str, log, warned: set):
+    """[(file level index, store level index, level hPa)] or [(None, None, None)] for a single-level variable."""
+    da, store_levels = fds[var], truth.levels(var)
+    if (da.ndim == 6) != (store_levels is not None):
+        raise UserError(f"{path}: variable {var} has dims {da.dims}, which do not match the store's "
+                        f"{truth.ds[var].dims}")
+    if store_levels is None:
+        return [(None, None, None)]
+    file_levels = np.asarray(fds[da.dims[3]].values, np.float64)
+    pairs = []
+    for i, lev in enumerate(file_levels):
+        match = np.nonzero(np.isclose(store_levels, lev))[0]
+        if len(match):
+            pairs.append((i, int(match[0]), float(lev)))
+        elif (var, lev) not in warned:
+            warned.add((var, lev))
+            log(f"evaluate: {var} at {lev:g} hPa is not in the store: not evaluated")
+    return pairs
+
+
+def _evaluate_cycle(path: Path, truth: Truth, settings: Settings, acc: Accumulator, log, warned: set) -> tuple:
+    """Accumulate one forecast file's scores; returns (leads evaluated, leads skipped)."""
+    fds = _open_forecast(path, truth)
+    try:
+        system = "direct" if str(fds.attrs.get("mode", "def")).startswith("direct") else "def"
+        members = int(fds.sizes["member"])
+        if members < 2 and "one member" not in warned:
+            warned.add("one member")
+            log(f"evaluate: {path} has 1 member: no fair CRPS, spread, spread/skill or energy score")
+        if acc.members.setdefault(system, members) != members:
+            raise UserError(f"{path}: {members} members, but earlier {system} forecasts have {acc.members[system]}: "
+                            "evaluate ensembles of different sizes separately")
+        init = np.datetime64(np.asarray(fds["init_time"].values).ravel()[0], "ns")
+        earlier = acc.cycles.setdefault((system, init), path)
+        if earlier != path:
+            raise UserError(f"{path}: a second {system} forecast from {np.datetime_as_string(init, unit='h')} "
+                            f"(also in {earlier}); give each cycle once")
+        leads = np.rint(np.asarray(fds["lead_time"].values, np.float64)).astype(int)
+        variables = [v for v in truth.state if v in fds.data_vars]
+        if not variables:
+            raise UserError(f"{path}: none of the store's state variables ({', '.join(truth.state)}) is in the file")
+        for v in truth.state:
+            if v not in fds.data_vars and ("absent", v) not in warned:
+                warned.add(("absent", v))
+                log(f"evaluate: {v} is not in {path}: not evaluated")
+        init_slot = truth.index.get(init)
+        levels = {v: _level_pairs(path, fds, truth, v, log, warned) for v in variables}
+        persistence: dict[str, np.ndarray] = {}
+        init_hours = int((init - np.datetime64(0, "ns")) // np.timedelta64(1, "h"))
+        cycle_key = jax.random.fold_in(jax.random.key(0), init_hours)  # rank ties: reproducible per cycle
+        done = skipped = 0
+        for j, lead in enumerate(leads):
+            slot = truth.index.get(init + np.timedelta64(int(lead), "h"))
+            if slot is None:
+                skipped += 1
+                continue
+            done += 1
+            for var in variables:
+                y_all = truth.field(var, slot)  # [(L,) Y, X]
+                if init_slot is not None and var not in persistence:
+                    persistence[var] = truth.field(var, init_slot)
+                for fi, si, level in levels[var]:
+                    sel = {"init_time": 0, "lead_time": j}
+                    if fi is not None:
+                        sel[fds[var].dims[3]] = fi
+                    y = y_all if si is None else y_all[si]  # [Y, X]
+                    fields = {system: np.asarray(fds[var].isel(sel).values, np.float32)}  # [M, Y, X]
+                    reference = acc.first_reference((init, var, level, int(lead)))
+                    if f"{var}_deterministic" in fds and reference:
+                        fields["deterministic"] = np.asarray(fds[f"{var}_deterministic"].isel(sel).values, np.float32)
+                    if var in persistence and reference:
+                        persistence_field = persistence[var]
+                        fields["persistence"] = persistence_field if si is None else persistence_field[si]
+                    clim = truth.climatology(var, si)
+                    if clim is not None and reference:
+                        fields["climatology"] = np.full(truth.shape, clim, np.float32)
+                    key = jax.random.fold_in(cycle_key, (truth.order[var] * 1000 + (si or 0)) * 10000 + j)
+                    _accumulate_field(acc, settings, truth, fields, y, var, level, int(lead), key, reference)
+        return done, skipped
+    finally:
+        fds.close()
+
+
+def _accumulate_field(acc: Accumulator, settings: Settings, truth: Truth, fields: dict, y: np.ndarray, var: str,
+                      level: Optional[float], lead: int, key, reference: bool) -> None:
+    """All scores of one field (variable, level, lead) of one cycle (``reference``: also the truth's spectrum and
+    the climatological Brier score, which count once per field)."""
+    w = truth.weights
+    for system, f in fields.items():
+        base = (system, var, level, lead)
+        if system in ENSEMBLES:
+            s = jax.device_get(_ensemble_scores(f, y, w, key, fair=f.shape[0] >= 2))
+            for qty in ("mse", "mae", "bias", "crps_standard", "crps_fair", "var", "energy"):
+                if qty in s:
+                    acc.add(base + (qty, None, None), s[qty])
+            acc.add(base + ("ranks", None, None), s["ranks"])
+            acc.add(base + ("power", None, None), s["power"])
+            acc.add((f"{system}_mean", var, level, lead, "power", None, None), s["power_mean"])
+            if reference:
+                acc.add(("truth", var, level, lead, "power", None, None), s["power_truth"])
+        else:
+            s = jax.device_get(_single_scores(f, y, w))
+            for qty in ("mse", "mae", "bias"):
+                acc.add(base + (qty, None, None), s[qty])
+            if system == "deterministic":
+                acc.add(base + ("power", None, None), jax.device_get(_power(f)))
+    if level is not None:
+        return
+    for thr in settings.thresholds.get(var, ()):
+        base_rate = truth.base_rates.get((var, thr), np.nan)
+        for system, f in fields.items():
+            if system == "climatology":
+                continue
+            e = jax.device_get(_event_scores(f if f.ndim == 3 else f[None], y, w, np.float32(thr),
+                                             np.float32(base_rate), settings.fss_windows, RELIABILITY_BINS))
+            base = (system, var, level, lead)
+            acc.add(base + ("brier", thr, None), e["brier"])
+            acc.add(base + ("contingency", thr, None), e["contingency"])
+            for window, comp in zip(settings.fss_windows, e["fss"]):
+                acc.add(base + ("fss", thr, window), comp)
+            if system in ENSEMBLES:
+                acc.add(base + ("reliability", thr, None), e["reliability"])
+                if reference and np.isfinite(base_rate):  # the climatological forecast of the field: Brier only
+                    ref, den = float(e["brier"][2]), float(e["brier"][1])
+                    acc.add(("climatology", var, level, lead, "brier", thr, None), [ref, den, ref])
+
+
+# --- entry point ------------------------------------------------------------------------------------------------
+
+
+def evaluate(forecast_paths: list[Path], store: Path, out_dir: Path, *, config, log: Callable[[str], None] = print
+             ) -> dict:
+    """Score forecast files against the store and write ``scores.csv``, ``rank_histogram.csv``, ``reliability.csv``
+    and ``spectra.csv`` into ``out_dir`` (layouts in docs/FORECASTS.md).
+
+    Returns a summary: ``cycles``, ``leads_evaluated``, ``leads_skipped`` (valid time not written in the store),
+    ``systems`` and ``tables`` (name → path).
+    """
+    paths = [Path(p) for p in forecast_paths]
+    if not paths:
+        raise UserError("evaluate: no forecast files given")
+    settings = Settings.from_config(config)
+    truth = Truth(Path(store), settings, log)
+    for path in paths:  # check every file before the long pass
+        _open_forecast(path, truth).close()
+    acc = Accumulator()
+    warned: set = set()
+    done = skipped = 0
+    with progress(len(paths), "evaluate", "cycle") as bar:
+        for path in paths:
+            d, s = _evaluate_cycle(path, truth, settings, acc, log, warned)
+            done, skipped = done + d, skipped + s
+            bar.update(1)
+    if skipped:
+        log(f"evaluate: skipped {skipped} of {done + skipped} leads whose valid time is not written in the store")
+    if not done:
+        raise UserError(f"evaluate: no lead of the {len(paths)} forecast files has its valid time written in "
+                        f"{truth.path}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with jax.enable_x64(True):  # ratios of the float64 sums in float64
+        score_rows = _score_rows(acc, settings, truth.order)
+    ranks, reliability, spectra = _other_rows(acc, truth.order, truth.dx_km, truth.shape)
+    tables = {
+        "scores": _write_csv(out_dir / "scores.csv", SCORES_COLUMNS, score_rows),
+        "rank_histogram": _write_csv(out_dir / "rank_histogram.csv", RANK_COLUMNS, ranks),
+        "reliability": _write_csv(out_dir / "reliability.csv", RELIABILITY_COLUMNS, reliability),
+        "spectra": _write_csv(out_dir / "spectra.csv", SPECTRA_COLUMNS, spectra),
+    }
+    systems = sorted({k[0] for k in acc.sums if k[0] in SYSTEMS}, key=SYSTEMS.index)
+    log(f"evaluate: {len(paths)} cycles, {done} leads, systems {', '.join(systems)}; tables in {out_dir}")
+    return {"cycles": len(paths), "leads_evaluated": done, "leads_skipped": skipped, "systems": systems,
+            "tables": tables}

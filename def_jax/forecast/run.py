@@ -1,0 +1,271 @@
+"""``def-jax forecast``: DEF ensemble forecasts for one or more cycles, streamed to CF NetCDF files.
+
+Per cycle: the k initial states from the store → the rollout program of :mod:`def_jax.forecast.rollout`, one jitted
+``lax.scan`` per (member chunk × lead chunk) with the members sharded over the mesh's data axis → physical units and
+constraints → the slab is written to the file; then the deterministic G_φ rollout (a one-member program with K = 0),
+then the ensemble statistics. Finished cycles (their final file exists) are skipped unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from def_jax import __version__, parallel
+from def_jax.data import schema
+from def_jax.diffusion.samplers import make_sampler
+from def_jax.diffusion.schedules import make_schedule
+from def_jax.errors import UserError
+from def_jax.forecast.inputs import ForecastInputs
+from def_jax.forecast.netcdf import ForecastWriter, forecast_filename
+from def_jax.forecast.rollout import RolloutSpec, guidance_kind, make_rollout
+from def_jax.models.networks import direct_condition
+from def_jax.progress import progress
+from def_jax.training.checkpoint import config_dict
+from def_jax.training.loop import load_trained, store_channels
+
+
+@dataclasses.dataclass
+class Models:
+    """Trained networks (graph definitions and EMA/plain weights) and where they came from."""
+
+    forecaster: Optional[tuple[nnx.GraphDef, Any]]
+    denoiser: Optional[tuple[nnx.GraphDef, Any]]
+    info: dict
+
+
+def load_models(cfg: Any, workdir: Path, inputs: ForecastInputs, mesh, log: Callable) -> Models:
+    direct = cfg.diffusion.mode == "direct"
+    channels = store_channels(inputs.source)
+    cat_json, cfg_d = inputs.catalogue.to_json(), config_dict(cfg)
+    need_g = (not direct) or bool(cfg.diffusion.direct_residual) or bool(cfg.ensemble.include_deterministic)
+    need_d = direct or int(cfg.ensemble.walks) > 0
+    info, f, d = {}, None, None
+    which = cfg.ensemble.checkpoint
+    if need_g:
+        g, p, info["forecaster"] = load_trained("forecaster", cfg, workdir, channels, mesh, cat_json, cfg_d, which,
+                                                log)
+        f = (g, p)
+    if need_d:
+        g, p, info["denoiser"] = load_trained("diffusion", cfg, workdir, channels, mesh, cat_json, cfg_d, which, log)
+        d = (g, p)
+    return Models(f, d, info)
+
+
+def build_program(spec: RolloutSpec, models: Models, cfg: Any) -> Callable:
+    """The jitted rollout for ``spec``: ``program(f_params, d_params, states, member_ids, base_key, step0, forcings,
+    time_features, statics, guidance_scale) -> (states, outputs)``."""
+    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_steps)
+    sample = make_sampler(**cfg.sampler.to_dict())
+    f_graphdef = models.forecaster[0] if models.forecaster else None
+    d_graphdef = models.denoiser[0] if models.denoiser else None
+
+    def program(f_params, d_params, states, member_ids, base_key, step0, forcings, time_features, statics, lam):
+        forecast_fn = eps_net = None
+        if f_params is not None:
+            g = nnx.merge(f_graphdef, f_params)
+            forecast_fn = lambda s, f, tf, st: g(s, f, tf, st)  # noqa: E731
+        if d_params is not None:
+            e = nnx.merge(d_graphdef, d_params)
+            eps_net = lambda x, tau, c: e(x, tau, c)  # noqa: E731
+        rollout = make_rollout(forecast_fn, eps_net, sample, schedule, spec, condition_fn=direct_condition)
+        return rollout(states, member_ids, base_key, step0, forcings, time_features, statics, lam)
+
+    return jax.jit(program)
+
+
+def cycle_key(seed: int, init: np.datetime64) -> jax.Array:
+    """The base key of a cycle: the config seed with the initial time (whole hours since 1970) folded in."""
+    hours = int((np.datetime64(init, "h") - np.datetime64("1970-01-01T00", "h")) / np.timedelta64(1, "h"))
+    return jax.random.fold_in(jax.random.PRNGKey(int(seed)), hours)
+
+
+class Forecaster:
+    """Everything that stays the same across cycles: inputs, models, mesh and compiled programs."""
+
+    def __init__(self, cfg: Any, workdir: Path, log: Callable = print, inits: tuple = ()):
+        if cfg.ensemble.corrector:
+            raise UserError("config.ensemble.corrector: re-standardization needs per-sample normalization, which "
+                            "forecasts do not support; set it to False")
+        self.cfg, self.log = cfg, log
+        self.direct = cfg.diffusion.mode == "direct"
+        e = cfg.ensemble
+        self.history = int(cfg.diffusion.direct_history if self.direct else cfg.data.history)
+        if self.direct and self.history < cfg.data.history:
+            raise UserError("config.diffusion.direct_history must be >= data.history")
+        self.inputs = ForecastInputs(cfg.data.store, cfg.data, self.history)
+        self.dt = self.inputs.dt_hours
+        self.steps = int(round(e.lead_hours / self.dt))
+        if self.steps < 1:
+            raise UserError(f"config.ensemble.lead_hours={e.lead_hours}: need at least one step of {self.dt} h")
+        self.members = int(e.members)
+        self.mesh = parallel.make_mesh(cfg.parallel.data_axis, 1)
+        n_data = self.mesh.shape[parallel.DATA]
+        chunk = int(e.member_chunk) or self.members
+        self.member_chunk = -(-chunk // n_data) * n_data  # a multiple of the data-axis devices
+        self.lead_chunk = min(int(e.lead_chunk), self.steps)
+        for t in inits:  # before loading models: a missing input is found in a second, not after the set-up
+            self.inputs.check_available(np.datetime64(t, "ns"), self.steps)
+        self.models = load_models(cfg, Path(workdir), self.inputs, self.mesh, log)
+        self.walks = int(e.walks)
+        self.guidance = float(e.guidance_scale)
+        self._programs: dict[tuple, Callable] = {}
+        self.statics = jnp.asarray(self.inputs.statics())
+        self.compile_seconds = 0.0
+
+    # --- programs ------------------------------------------------------------------------------------------------
+
+    def _spec(self, lead_steps: int, deterministic: bool) -> RolloutSpec:
+        cfg = self.cfg
+        if deterministic:
+            return RolloutSpec(mode="def", walks=0, history=int(cfg.data.history),
+                               forecaster_history=int(cfg.data.history), lead_steps=lead_steps)
+        return RolloutSpec(mode=cfg.diffusion.mode, walks=self.walks, history=self.history,
+                           forecaster_history=int(cfg.data.history), residual=bool(cfg.diffusion.direct_residual),
+                           guidance=guidance_kind(self.guidance), lead_steps=lead_steps)
+
+    def program(self, lead_steps: int, deterministic: bool) -> Callable:
+        key = (lead_steps, deterministic)
+        if key not in self._programs:
+            self._programs[key] = build_program(self._spec(lead_steps, deterministic), self.models, self.cfg)
+        return self._programs[key]
+
+    def run_chunk(self, states: jax.Array, member_ids: np.ndarray, base_key, init, n0: int, lead_steps: int,
+                  deterministic: bool = False) -> tuple[jax.Array, np.ndarray]:
+        """One call: states [b, k, H, W, C] → (states', outputs [L, b, H, W, C] normalized, on the host)."""
+        k = states.shape[1]
+        forcings = self.inputs.forcings(init, n0 - k + 1, k + lead_steps - 1)  # [k+L−1, H, W, C_f]
+        tf = self.inputs.time_features(init, n0 - k + 1, k + lead_steps)  # [k+L, F]
+        sharding = parallel.leading_sharding(self.mesh) if not deterministic else parallel.replicated(self.mesh)
+        states = jax.device_put(states, sharding)
+        ids = jax.device_put(jnp.asarray(member_ids, jnp.int32), sharding)
+        f = self.models.forecaster[1] if self.models.forecaster else None
+        d = self.models.denoiser[1] if self.models.denoiser and not deterministic else None
+        program = self.program(lead_steps, deterministic)
+        t0 = time.perf_counter()
+        states, out = program(f, d, states, ids, base_key, jnp.int32(n0), jnp.asarray(forcings), jnp.asarray(tf),
+                              self.statics, jnp.float32(self.guidance))
+        out = np.asarray(jax.device_get(out))  # [L, b, H, W, C]
+        self.last_call_seconds = time.perf_counter() - t0
+        return states, out
+
+    # --- a cycle -------------------------------------------------------------------------------------------------
+
+    def attrs(self, init: np.datetime64) -> dict:
+        cfg, s = self.cfg, self.cfg.sampler
+        mode = "def" if not self.direct else ("direct_residual" if cfg.diffusion.direct_residual else "direct")
+        info = self.models.info
+        return {
+            "title": f"def-jax {mode} ensemble forecast", "institution": "def-jax", "source": f"def-jax {__version__}",
+            "mode": mode, "members": self.members, "walks": self.walks if not self.direct else 0,
+            "guidance_scale": self.guidance, "sampler": s.name, "sampler_steps": int(s.steps),
+            "sampler_order": int(s.order), "sampler_method": s.method, "sampler_spacing": s.spacing,
+            "schedule": cfg.diffusion.schedule, "diffusion_steps": int(cfg.diffusion.num_steps),
+            "dt_hours": self.dt, "seed": int(cfg.seed),
+            "forecaster_checkpoint": _ckpt_text(info.get("forecaster")),
+            "denoiser_checkpoint": _ckpt_text(info.get("denoiser")),
+            "store": str(Path(cfg.data.store).absolute()), "config": config_dict(cfg),
+            "catalogue": self.inputs.catalogue.to_json(),
+            "init_time_iso": str(np.datetime_as_string(np.datetime64(init, "m"), unit="m")),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "history": "def-jax forecast",
+        }
+
+    def grid(self) -> dict:
+        ds = schema.open_store(self.cfg.data.store)
+        return {"latitude": ds["latitude"].values, "longitude": ds["longitude"].values, "y": ds["y"].values,
+                "x": ds["x"].values, "crs": dict(ds[schema.CRS].attrs)}
+
+    def run_cycle(self, init: np.datetime64, out_dir: Path) -> Path:
+        cfg = self.cfg
+        init = np.datetime64(init, "ns")
+        path = Path(out_dir) / forecast_filename(init)
+        self.inputs.check_available(init, self.steps)  # fails early, naming the time, if anything is unwritten
+        initial = self.inputs.initial_states(init)  # [k, H, W, C]
+        lead_hours = self.dt * (1 + np.arange(self.steps))
+        thresholds = {"refc": tuple(cfg.evaluation.refc_thresholds), "cape": tuple(cfg.evaluation.cape_thresholds)}
+        writer = ForecastWriter(path, init=init, lead_hours=lead_hours, members=self.members,
+                                catalogue=self.inputs.catalogue, grid=self.grid(), thresholds=thresholds,
+                                attrs=self.attrs(init), deterministic=bool(cfg.ensemble.include_deterministic))
+        key = cycle_key(cfg.seed, init)
+        mc, lc = self.member_chunk, self.lead_chunk
+        m_chunks = list(range(0, self.members, mc))
+        l_chunks = list(range(0, self.steps, lc))
+        det = bool(cfg.ensemble.include_deterministic)
+        total = len(m_chunks) * len(l_chunks) + (len(l_chunks) if det else 0)
+        t_start = time.perf_counter()
+        complete = False
+        try:
+            with progress(total, f"forecast {forecast_filename(init)[9:-3]}", "chunk") as bar:
+                for m0 in m_chunks:
+                    ids = np.arange(m0, m0 + mc)  # padded to the chunk size: extra members are computed, dropped
+                    keep = min(mc, self.members - m0)
+                    states = jnp.broadcast_to(jnp.asarray(initial)[None], (mc,) + initial.shape)
+                    for n0 in l_chunks:
+                        steps = min(lc, self.steps - n0)
+                        states, out = self.run_chunk(states, ids, key, init, n0, steps)
+                        writer.write_members(slice(m0, m0 + keep), slice(n0, n0 + steps),
+                                             self.inputs.to_physical(out[:, :keep]))
+                        bar.update(1)
+                if det:
+                    k = int(cfg.data.history)
+                    states = jnp.asarray(initial[self.history - k:])[None]  # [1, k, H, W, C]
+                    for n0 in l_chunks:
+                        steps = min(lc, self.steps - n0)
+                        states, out = self.run_chunk(states, np.zeros(1), key, init, n0, steps, deterministic=True)
+                        writer.write_deterministic(slice(n0, n0 + steps), self.inputs.to_physical(out[:, 0]))
+                        bar.update(1)
+            writer.write_statistics()
+            complete = True
+        finally:
+            final = writer.close(complete)
+        seconds = time.perf_counter() - t_start
+        self.log(f"wrote {final}: {self.members} members × {self.steps} steps of {self.dt:g} h in {seconds:.1f} s "
+                 f"({self.members * self.steps / seconds:.2f} member-steps/s, compile included)")
+        return final
+
+
+def _ckpt_text(info: Optional[dict]) -> str:
+    return "" if not info else f"{info['path']} step {info['step']} ({info['which']})"
+
+
+def parse_inits(text: Optional[str], cycles: int, every_hours: float, default: str) -> list[np.datetime64]:
+    """--init TIME (or a comma-separated list) and --cycles N --every H → the initial times."""
+    raw = text or default
+    if not raw:
+        raise UserError("--init: give the initial time, e.g. --init=2024-06-13T00")
+    out = []
+    for item in str(raw).split(","):
+        try:
+            t0 = np.datetime64(item.strip(), "ns")
+        except ValueError:
+            raise UserError(f"--init: {item!r} is not a time such as 2024-06-13T00") from None
+        step = np.timedelta64(int(round(every_hours * 3600)), "s").astype("timedelta64[ns]")
+        out.extend(t0 + i * step for i in range(max(int(cycles), 1)))
+    return out
+
+
+def forecast(cfg: Any, workdir: Path, out_dir: Path, inits: list[np.datetime64], *, overwrite: bool = False,
+             log: Callable = print) -> list[Path]:
+    """Run every cycle in ``inits`` (skipping finished files unless ``overwrite``); return the files."""
+    out_dir = Path(out_dir)
+    todo = [t for t in inits if overwrite or not (out_dir / forecast_filename(t)).exists()]
+    for t in inits:
+        if t not in todo:
+            log(f"{out_dir / forecast_filename(t)} exists: skipped (--overwrite redoes it)")
+    if not todo:
+        return [out_dir / forecast_filename(t) for t in inits]
+    runner = Forecaster(cfg, workdir, log, inits=tuple(todo))
+    log(f"{runner.members} members (chunks of {runner.member_chunk} over {runner.mesh.shape[parallel.DATA]} "
+        f"device(s)), {runner.steps} steps of {runner.dt:g} h (chunks of {runner.lead_chunk}), K={runner.walks}, "
+        f"λ={runner.guidance}, sampler {cfg.sampler.name} S={cfg.sampler.steps}, mode {cfg.diffusion.mode}")
+    for t in todo:
+        runner.run_cycle(t, out_dir)
+    return [out_dir / forecast_filename(t) for t in inits]

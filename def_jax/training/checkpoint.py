@@ -1,0 +1,121 @@
+"""Orbax checkpoints of a training run, with the config and channel catalogue saved beside the weights.
+
+Layout of a run directory (``WORKDIR/forecaster`` or ``WORKDIR/diffusion``)::
+
+    checkpoints/<step>/{state, data, meta}   the latest ``keep`` checkpoints (periodic saves)
+    best/<step>/{state, data, meta}          the checkpoint with the lowest validation loss
+    config.json, catalogue.json              the resolved config and the store's catalogue of the run
+    metrics.jsonl, events.*                  logs
+
+``state`` is the :class:`~def_jax.training.state.TrainState` (parameters, optimizer, EMA, base key, step), ``data`` the
+input pipeline's iterator state, ``meta`` the step, validation loss, config and catalogue. Orbax writes each checkpoint
+to a temporary directory and renames it when complete, so a run killed mid-save leaves the previous one intact.
+
+Resuming, or loading a model for another stage, checks that the saved config agrees with the current one on every
+field that shapes the model or its data (:data:`ARCHITECTURE_FIELDS`) and that the catalogue is the same; otherwise the
+error lists what differs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+from def_jax.errors import UserError
+
+# Fields that must agree between a checkpoint and the config that loads it (prefix match on dotted paths).
+ARCHITECTURE_FIELDS = {
+    "forecaster": ("forecaster.", "data.history", "data.dt_hours", "data.normalization", "data.statics",
+                   "data.time_encodings", "data.levels"),
+    "diffusion": ("denoiser.", "diffusion.schedule", "diffusion.num_steps", "diffusion.mode",
+                  "diffusion.direct_history", "diffusion.direct_residual", "data.history", "data.dt_hours",
+                  "data.normalization", "data.statics", "data.time_encodings", "data.levels"),
+}
+
+
+def config_dict(cfg: Any) -> dict:
+    """A JSON-able dict of an ml_collections config (tuples become lists)."""
+    return json.loads(cfg.to_json_best_effort())
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(saved: dict, current: dict, fields: tuple[str, ...]) -> list[str]:
+    """``field: saved → current`` for every differing field that starts with one of ``fields``."""
+    a, b = _flatten(saved), _flatten(current)
+    keys = sorted(k for k in set(a) | set(b) if any(k == f or k.startswith(f) for f in fields))
+    return [f"{k}: {a.get(k, '<absent>')!r} → {b.get(k, '<absent>')!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def check_compatible(meta: dict, cfg_dict: dict, catalogue_json: str, kind: str, where: Path) -> None:
+    """Raise a UserError listing what differs between a checkpoint's config/catalogue and the current ones."""
+    diffs = config_differences(meta.get("config", {}), cfg_dict, ARCHITECTURE_FIELDS[kind])
+    if json.loads(meta.get("catalogue", "{}")).get("variables") != json.loads(catalogue_json)["variables"]:
+        diffs.append("catalogue: the store's channel catalogue differs from the checkpoint's")
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise UserError(f"checkpoint {where} does not match the config: {shown}")
+
+
+class Checkpoints:
+    """The periodic and best-by-validation checkpoints of one run directory."""
+
+    def __init__(self, run_dir: Path, *, keep: int):
+        self.run_dir = Path(run_dir).absolute()
+        self.latest = ocp.CheckpointManager(self.run_dir / "checkpoints", options=ocp.CheckpointManagerOptions(
+            max_to_keep=max(int(keep), 1)))
+        self.best = ocp.CheckpointManager(self.run_dir / "best", options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, best_fn=lambda m: m["val_loss"], best_mode="min"))
+
+    def save(self, step: int, state: Any, data_state: Optional[dict], meta: dict,
+             val_loss: Optional[float] = None) -> None:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state or {}),
+                                  meta=ocp.args.JsonSave(meta))
+        self.latest.save(step, args=args, force=True)
+        if val_loss is not None:
+            self.best.save(step, args=args, metrics={"val_loss": float(val_loss)}, force=True)
+
+    def latest_step(self) -> Optional[int]:
+        return self.latest.latest_step()
+
+    def best_step(self) -> Optional[int]:
+        return self.best.best_step()
+
+    def restore(self, step: int, abstract_state: Any, *, best: bool = False) -> tuple[Any, dict, dict]:
+        """(state, data iterator state, meta) of ``step``, the state placed like ``abstract_state``."""
+        manager = self.best if best else self.latest
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore()))
+        return restored["state"], restored["data"], restored["meta"]
+
+    def restore_meta(self, step: int, *, best: bool = False) -> dict:
+        manager = self.best if best else self.latest
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.wait()
+        self.latest.close()
+        self.best.close()
+
+
+def abstract(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) of a pytree of arrays, the restore target."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                        tree)

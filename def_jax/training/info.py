@@ -1,0 +1,172 @@
+"""``def-jax info``: parameter counts, FLOPs per forward, and the memory of one training step -- without data or
+running anything (abstract shapes only; XLA compiles the programs and reports their cost and memory analyses).
+
+Channel counts come from the config's catalogue and statics, the grid from ``data.crop_shape`` (training) or
+``data.grid_shape`` (or ``--grid``). Memory: see :func:`step_memory` -- an estimate built from exact pieces (what the
+state, gradients and batch occupy; the activations JAX keeps for the backward pass, from ``jax.vjp``'s residuals; the
+largest attention matrix), beside XLA's compiled analysis for this backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from def_jax.catalogue import load_catalogue
+from def_jax.data.source import COORD_STATICS, resolve_statics
+from def_jax.models.networks import TIME_FEATURES, Channels
+from def_jax.models.unet import UNetConfig
+from def_jax.training import objectives
+from def_jax.training.loop import build_denoiser, build_forecaster, needs_forecaster, training_objective
+from def_jax.training.state import init_train_state, make_optimizer, make_train_step
+
+GB = 1024**3
+
+
+def config_channels(cfg: Any) -> Channels:
+    catalogue = load_catalogue(cfg.data.catalogue, cfg.data.levels)
+    statics = resolve_statics(tuple(cfg.data.statics), catalogue)
+    static = sum(1 if n in COORD_STATICS else catalogue[n].num_channels for n in statics)
+    return Channels(catalogue.num_channels("state"), catalogue.num_channels("forcing"), static,
+                    TIME_FEATURES if cfg.data.time_encodings else 0)
+
+
+def _count(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def _cost(compiled) -> dict:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return cost or {}
+
+
+def _abstract_batch(cfg: Any, kind: str, ch: Channels, grid: tuple[int, int], micro: int, history: int,
+                    lead: int) -> dict:
+    h, w = grid
+    f32 = jnp.float32
+    s = jax.ShapeDtypeStruct
+    return {
+        "inputs": s((micro, history, h, w, ch.state), f32),
+        "targets": s((micro, lead, h, w, ch.state), f32),
+        "forcings": s((micro, history + lead, h, w, ch.forcing), f32),
+        "time_features": s((micro, history + lead, ch.time), f32),
+        "statics": s((micro, h, w, ch.static), f32),
+    }
+
+
+def model_report(cfg: Any, kind: str, grid: tuple[int, int], *, memory: bool, batch: Optional[int] = None,
+                 remat: Optional[bool] = None) -> dict:
+    """Parameters, GFLOPs per forward (batch 1) and, if ``memory``, the training step's memory (bytes)."""
+    ch = config_channels(cfg)
+    cfg = cfg.copy_and_resolve_references()
+    section = "forecaster" if kind == "forecaster" else "denoiser"
+    if remat is not None:
+        with cfg.unlocked():
+            cfg[section].remat = remat
+    if kind == "forecaster":
+        build = lambda: build_forecaster(cfg, ch, 0)  # noqa: E731
+        history = cfg.data.history
+    else:
+        build = lambda: build_denoiser(cfg, ch, 0)  # noqa: E731
+        history = cfg.diffusion.direct_history if cfg.diffusion.mode == "direct" else cfg.data.history
+    model = nnx.eval_shape(build)
+    graphdef, params = nnx.split(model)
+    h, w = grid
+    one = _abstract_batch(cfg, kind, ch, grid, 1, history, 1)
+    if kind == "forecaster":
+        def forward(p, b):
+            return objectives.forecast_step(nnx.merge(graphdef, p), b["inputs"], b, 0, deterministic=True)
+    else:
+        cond_ch = model.condition_channels
+
+        def forward(p, b):
+            x = b["inputs"][:, -1]
+            c = jnp.zeros((1, h, w, cond_ch), jnp.float32)
+            return nnx.merge(graphdef, p)(x, jnp.ones((1,)), c)
+    fwd = jax.jit(forward).lower(params, one).compile()
+    report = {"model": kind, "grid": list(grid), "parameters": _count(params),
+              "gflops_per_forward": _cost(fwd).get("flops", float("nan")) / 1e9,
+              "channels": {"state": ch.state, "forcing": ch.forcing, "static": ch.static},
+              "widths": list(UNetConfig.from_config(cfg[section]).widths)}
+    if memory:
+        report.update(step_memory(cfg, kind, graphdef, params, ch, grid, history, batch))
+    return report
+
+
+def _bytes(tree) -> int:
+    return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def largest_attention_bytes(cfg_model: Any, grid: tuple[int, int], batch: int) -> int:
+    """Bytes of the biggest attention score matrix: batch × heads × N² float32, N the tokens at the finest attended
+    level (the middle block attends at the coarsest level)."""
+    ucfg = UNetConfig.from_config(cfg_model)
+    m = ucfg.multiple
+    h, w = -(-grid[0] // m) * m, -(-grid[1] // m) * m
+    levels = list(ucfg.attention_levels) + ([len(ucfg.channel_mults) - 1] if ucfg.mid_attention else [])
+    if not levels:
+        return 0
+    n = (h // 2 ** min(levels)) * (w // 2 ** min(levels))
+    return batch * ucfg.num_heads * n * n * 4
+
+
+def step_memory(cfg: Any, kind: str, graphdef, params, ch: Channels, grid, history: int,
+                batch: Optional[int]) -> dict:
+    """Memory of one update step (nothing is executed).
+
+    * ``static``: parameters, gradients, optimizer state, EMA, frozen forecaster and the batch -- exact.
+    * ``activations``: what the backward pass keeps, from the residuals of ``jax.vjp`` of the loss -- exact for JAX's
+      plan, and reflecting ``remat``.
+    * ``attention``: the largest attention score matrix (a transient that ``remat`` does not remove).
+    * ``estimate`` = static + activations + 2 × attention: a device-independent estimate of the peak.
+    * ``xla_cpu``: XLA's compiled memory analysis on this backend (its CPU scheduler is not memory-aware: it does not
+      exploit rematerialization, so it overstates remat runs).
+    """
+    tcfg = cfg.training[kind]
+    micro = batch or int(tcfg.batch_size)
+    lead = max(1, int(tcfg.rollout_steps)) if kind == "forecaster" else 1
+    one = _abstract_batch(cfg, kind, ch, grid, micro, history, lead)
+    batches = {k: jax.ShapeDtypeStruct((int(tcfg.grad_accum),) + v.shape, v.dtype) for k, v in one.items()}
+    optimizer, schedule = make_optimizer(tcfg, 1000)
+    ema = float(tcfg.ema_decay)
+    state = jax.eval_shape(lambda p: init_train_state(p, optimizer, seed=0, ema_decay=ema), params)
+    frozen = f_graphdef = None
+    if kind == "diffusion" and needs_forecaster(cfg):
+        f_graphdef, frozen = nnx.split(nnx.eval_shape(lambda: build_forecaster(cfg, ch, 0)))
+    loss_fn = training_objective(kind, cfg, graphdef, f_graphdef, rollout_steps=lead)
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    residuals = jax.eval_shape(lambda p, b, k, f: jax.vjp(lambda q: loss_fn(q, b, k, f)[0], p)[1],
+                               params, one, key, frozen)
+    static = _bytes(state) + _bytes(params) + _bytes(batches) + _bytes(frozen)  # state + gradients + inputs
+    activations = _bytes(residuals) - _bytes(params)  # the vjp closure also holds the parameters
+    section = "forecaster" if kind == "forecaster" else "denoiser"
+    attention = largest_attention_bytes(cfg[section], grid, micro)
+    step = jax.jit(make_train_step(loss_fn, optimizer, schedule, ema_decay=ema), donate_argnums=0)
+    mem = step.lower(state, batches, frozen).compile().memory_analysis()
+    args, temp, out, alias = (int(getattr(mem, f"{n}_size_in_bytes", 0)) for n in
+                              ("argument", "temp", "output", "alias"))
+    return {"micro_batch": micro, "grad_accum": int(tcfg.grad_accum), "remat": bool(cfg[section].remat),
+            "memory_static_gb": static / GB, "memory_activations_gb": activations / GB,
+            "memory_attention_gb": attention / GB,
+            "memory_estimate_gb": (static + activations + 2 * attention) / GB,
+            "memory_xla_cpu_gb": (args + temp + out - alias) / GB}
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{r['model']}: {r['parameters'] / 1e6:.2f} M parameters, widths {r['widths']}, "
+             f"{r['gflops_per_forward']:.2f} GFLOP per forward on a {r['grid'][0]}×{r['grid'][1]} grid (batch 1); "
+             f"channels state {r['channels']['state']}, forcing {r['channels']['forcing']}, "
+             f"static {r['channels']['static']}"]
+    if "memory_estimate_gb" in r:
+        lines.append(f"  one training step (micro-batch {r['micro_batch']} × {r['grad_accum']} accumulation, "
+                     f"remat {r['remat']}): ≈ {r['memory_estimate_gb']:.2f} GiB = static {r['memory_static_gb']:.2f}"
+                     f" (weights, gradients, optimizer, EMA, batch) + activations {r['memory_activations_gb']:.2f}"
+                     f" + 2 × attention scores {r['memory_attention_gb']:.2f}; XLA:CPU compiled "
+                     f"{r['memory_xla_cpu_gb']:.2f} GiB")
+    return "\n".join(lines)

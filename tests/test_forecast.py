@@ -1,0 +1,238 @@
+"""``def-jax forecast`` on the tiny trained models: CF NetCDF files, constraints, statistics, member invariance,
+resumable cycles, and a 240 h rollout in bounded memory."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from tiny_config import learning_config
+
+from def_jax.errors import UserError
+from def_jax.forecast.netcdf import ForecastWriter, forecast_filename
+from def_jax.forecast.run import forecast
+
+EXE = str(Path(sys.executable).parent / "def-jax")
+TINY = str(Path(__file__).resolve().parent / "tiny_config.py")
+INIT = "2024-06-02T16"
+
+
+def config(store, **ensemble):
+    cfg = learning_config(store)
+    cfg.ensemble.update(dict(members=3, walks=1, guidance_scale=0.5, lead_hours=3, lead_chunk=2), **ensemble)
+    cfg.sampler.steps = 3
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def cli_forecasts(mini_store, trained_workdir, tmp_path_factory):
+    """Two cycles through the command line (4 virtual devices, 3 members: chunks padded to 4)."""
+    workdir, _ = trained_workdir
+    out = tmp_path_factory.mktemp("forecasts")
+    cmd = [EXE, "forecast", f"--config={TINY}:{mini_store}", f"--workdir={workdir}", f"--init={INIT}", "--cycles=2",
+           "--every=3", "--lead-hours=3", "--members=3", "--walks=1", "--guidance-scale=0.5", "--sampler-steps=3",
+           f"--out={out}", "--config.ensemble.lead_chunk=2"]
+    env = dict(__import__("os").environ, DEF_JAX_CACHE_DIR="", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, cmd, env, proc
+
+
+def test_cli_writes_cf_netcdf_that_xarray_opens(cli_forecasts, mini_store):
+    out, _, _, proc = cli_forecasts
+    files = sorted(out.glob("*.nc"))
+    assert [f.name for f in files] == ["forecast_20240602T16.nc", "forecast_20240602T19.nc"]
+    assert "4 device(s)" in proc.stdout and not list(out.glob("*.partial"))
+    ds = xr.open_dataset(files[0])
+    assert ds.attrs["Conventions"] == "CF-1.8" and ds.attrs["def_jax_forecast"] == 1
+    assert (ds.attrs["members"], ds.attrs["walks"], ds.attrs["guidance_scale"]) == (3, 1, 0.5)
+    assert (ds.attrs["sampler"], ds.attrs["sampler_steps"], ds.attrs["schedule"]) == ("dpm_solver_pp", 3, "cosine")
+    assert "forecaster" in ds.attrs["forecaster_checkpoint"] and "diffusion" in ds.attrs["denoiser_checkpoint"]
+    assert json.loads(ds.attrs["config"])["ensemble"]["members"] == 3
+    assert dict(ds.sizes) == {"init_time": 1, "member": 3, "lead_time": 3, "level": 2, "y": 32, "x": 32,
+                              "refc_threshold": 3, "cape_threshold": 3}
+    assert ds.t.dims == ("init_time", "member", "lead_time", "level", "y", "x")
+    assert ds.t2m_mean.dims == ("init_time", "lead_time", "y", "x")
+    np.testing.assert_array_equal(ds.lead_time.values, [1, 2, 3])
+    assert ds.init_time.values[0] == np.datetime64(INIT, "ns")
+    assert ds.valid_time.values[0, -1] == np.datetime64("2024-06-02T19", "ns")
+    assert ds.t2m.attrs["units"] == "K" and ds.t2m.attrs["grid_mapping"] == "crs"
+    assert ds.crs.attrs["grid_mapping_name"] == "lambert_conformal_conic"
+    truth = xr.open_zarr(mini_store, consolidated=False)
+    np.testing.assert_array_equal(ds.latitude.values, truth.latitude.values)
+    assert np.isfinite(ds.t2m.values).all()
+
+
+def test_constraints_and_statistics(cli_forecasts):
+    out, *_ = cli_forecasts
+    ds = xr.open_dataset(sorted(out.glob("*.nc"))[0])
+    assert float(ds.refc.min()) >= -10.0 and float(ds.cape.min()) >= 0 and float(ds.cin.max()) <= 0
+    assert float(ds.q.min()) >= 0 and float(ds.refc_deterministic.min()) >= -10.0
+    np.testing.assert_allclose(ds.t2m_mean.values[0], ds.t2m.values[0].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(ds.t_std.values[0], ds.t.values[0].std(0), rtol=1e-4, atol=1e-4)
+    p35 = (ds.refc.values[0] >= 35.0).mean(0)  # [lead, y, x]
+    np.testing.assert_allclose(ds.refc_probability.sel(refc_threshold=35.0).values[0], p35, rtol=1e-6)
+    assert float(ds.t2m_std.mean()) > 0  # the walks perturb the members
+    assert not np.allclose(ds.t2m_deterministic.values, ds.t2m.values[:, 0])
+
+
+def test_rerun_skips_finished_cycles(cli_forecasts):
+    out, cmd, env, _ = cli_forecasts
+    before = {f: f.stat().st_mtime_ns for f in out.glob("*.nc")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and proc.stdout.count("skipped") == 2, proc.stdout + proc.stderr
+    assert before == {f: f.stat().st_mtime_ns for f in out.glob("*.nc")}
+
+
+def test_members_do_not_depend_on_ensemble_size_or_chunks(mini_store, trained_workdir, tmp_path):
+    """In-process: 2 members vs 3 members in chunks of 1 (and the 4-device CLI run): member 0 and 1 equal."""
+    workdir, _ = trained_workdir
+    two = forecast(config(mini_store, members=2), workdir, tmp_path / "two", [np.datetime64(INIT)], log=print)[0]
+    three = forecast(config(mini_store, members=3, member_chunk=1, lead_chunk=3), workdir, tmp_path / "three",
+                     [np.datetime64(INIT)], log=print)[0]
+    a, b = xr.open_dataset(two), xr.open_dataset(three)
+    for name in ("t2m", "refc", "q"):
+        np.testing.assert_array_equal(a[name].values, b[name].values[:, :2])
+    np.testing.assert_array_equal(a.t2m_deterministic.values, b.t2m_deterministic.values)
+
+
+def test_zero_walks_members_equal_the_deterministic_rollout(mini_store, trained_workdir, tmp_path):
+    workdir, _ = trained_workdir
+    path = forecast(config(mini_store, walks=0, members=2), workdir, tmp_path, [np.datetime64(INIT)])[0]
+    ds = xr.open_dataset(path)
+    for name in ("t2m", "t", "refc"):
+        for b in range(2):
+            np.testing.assert_array_equal(ds[name].values[0, b], ds[f"{name}_deterministic"].values[0])
+
+
+def test_user_errors_name_the_problem(mini_store, trained_workdir, tmp_path):
+    workdir, _ = trained_workdir
+    with pytest.raises(UserError, match=r"initial state needed at 2030-01-01T00:00, which is outside the store"):
+        forecast(config(mini_store), workdir, tmp_path, [np.datetime64("2030-01-01T00")])
+    with pytest.raises(UserError, match=r"forcing needed at 2024-06-03T12:00, which is outside the store"):
+        forecast(config(mini_store, lead_hours=24), workdir, tmp_path, [np.datetime64("2024-06-03T00")])
+    with pytest.raises(UserError, match=r"no forecaster checkpoint in .*empty.*train-forecaster"):
+        forecast(config(mini_store), tmp_path / "empty", tmp_path, [np.datetime64(INIT)])
+    assert not list(tmp_path.glob("*.nc*"))
+
+
+def test_netcdf_round_trip(tmp_path, mini_store):
+    """The writer's slabs, statistics and CF metadata read back through xarray unchanged."""
+    from def_jax.catalogue import load_catalogue
+
+    cat = load_catalogue("hrrr_expanded", (500.0, 850.0))
+    grid_ds = xr.open_zarr(mini_store, consolidated=False)
+    grid = {k: grid_ds[k].values for k in ("latitude", "longitude", "y", "x")} | {"crs": dict(grid_ds.crs.attrs)}
+    init = np.datetime64("2024-06-01T06", "ns")
+    rng = np.random.default_rng(0)
+    c = cat.num_channels("state")
+    data = rng.normal(size=(4, 3, 32, 32, c)).astype(np.float32)  # [L, B, H, W, C]
+    w = ForecastWriter(tmp_path / forecast_filename(init), init=init, lead_hours=[1, 2, 3, 4], members=3,
+                       catalogue=cat, grid=grid, thresholds={"refc": (0.5,)}, attrs={"walks": 2, "x": {"a": 1}},
+                       deterministic=True)
+    w.write_members(slice(0, 2), slice(0, 4), data[:, :2])
+    w.write_members(slice(2, 3), slice(0, 2), data[:2, 2:])
+    w.write_members(slice(2, 3), slice(2, 4), data[2:, 2:])
+    w.write_deterministic(slice(0, 4), data[:, 0])
+    w.write_statistics()
+    assert not (tmp_path / "forecast_20240601T06.nc").exists()  # only the .partial until closed
+    path = w.close()
+    ds = xr.open_dataset(path)
+    names = cat.channels("state")
+    t850 = names.index("t850")
+    np.testing.assert_array_equal(ds.t.sel(level=850.0).values[0], np.moveaxis(data[..., t850], 0, 1))
+    np.testing.assert_array_equal(ds.sp.values[0], np.moveaxis(data[..., names.index("sp")], 0, 1))
+    np.testing.assert_array_equal(ds.sp_deterministic.values[0], data[..., 0, :, :, names.index("sp")])
+    np.testing.assert_allclose(ds.refc_probability.values[0, 0], (data[..., names.index("refc")] >= 0.5).mean(1))
+    assert ds.attrs["walks"] == 2 and json.loads(ds.attrs["x"]) == {"a": 1}
+    assert ds.lead_time.attrs["units"] == "hours" and ds.level.attrs["units"] == "hPa"
+
+
+def _peak_rss_mb(mini_store, workdir, out, lead_hours):
+    code = (
+        "import resource, sys, numpy as np\n"
+        "sys.path.insert(0, %r)\n"
+        "from test_forecast import config\n"
+        "from def_jax.forecast.run import forecast\n"
+        "cfg = config(%r, members=2, walks=1, lead_hours=%d, lead_chunk=12)\n"
+        "cfg.sampler.steps = 1; cfg.sampler.order = 1\n"
+        "forecast(cfg, %r, %r, [np.datetime64('2024-06-01T00')], log=lambda m: None)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    ) % (str(Path(__file__).parent), str(mini_store), lead_hours, str(workdir), str(out))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env=dict(__import__("os").environ, DEF_JAX_CACHE_DIR=""))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return float(proc.stdout.split()[-1])
+
+
+def test_240_hour_rollout_runs_in_bounded_memory(mini_store, trained_workdir, tmp_path):
+    """240 steps stream to disk in chunks of 12: the peak memory is that of a 12-step forecast (plus little), not
+    grown by the 228 further steps (holding them would add ~33 MB here). The store has 60 h, so the forcings for
+    240 h come from a longer store: the tiny catalogue's store is extended by repeating its times."""
+    workdir, _ = trained_workdir
+    long_store = extend_store(mini_store, tmp_path / "long.zarr", hours=260)
+    short = _peak_rss_mb(long_store, workdir, tmp_path / "short", 12)
+    full = _peak_rss_mb(long_store, workdir, tmp_path / "full", 240)
+    ds = xr.open_dataset(next((tmp_path / "full").glob("*.nc")))
+    assert ds.sizes["lead_time"] == 240 and np.isfinite(ds.t2m.values).all()
+    members_bytes = 240 * 2 * 32 * 32 * 18 * 4 / 2**20
+    assert full - short < 0.5 * members_bytes, (short, full, members_bytes)
+
+
+def extend_store(store, out, hours):
+    """A copy of the store whose time axis is extended to ``hours`` by repeating its written hours cyclically
+    (forcings and states for a long horizon; the values are only inputs here)."""
+    ds = xr.open_zarr(store, consolidated=False).load()
+    t0 = ds.time.values[0]
+    idx = np.arange(hours) % ds.sizes["time"]
+    long = ds.isel(time=idx).assign_coords(time=t0 + np.arange(hours) * np.timedelta64(1, "h"))
+    for v in long.variables.values():
+        v.encoding = {}
+    long.to_zarr(out, mode="w", consolidated=False)
+    return out
+
+
+def test_direct_mode_forecast(mini_store, trained_workdir, tmp_path):
+    """The direct generative mode (DEF_METHOD §6) end to end: a few updates of a direct residual denoiser on the past
+    2 hours, then a forecast whose members are its samples, with the G_φ rollout beside them."""
+    import shutil
+
+    from def_jax.training.loop import train
+
+    workdir, _ = trained_workdir
+    shutil.copytree(workdir / "forecaster", tmp_path / "forecaster")
+    cfg = config(mini_store, members=2, lead_hours=2)
+    cfg.diffusion.mode, cfg.diffusion.direct_history, cfg.diffusion.direct_residual = "direct", 2, True
+    t = cfg.training.diffusion
+    t.max_steps, t.eval_batches, t.checkpoint_every, t.log_every = 3, 0, 3, 3
+    cfg.training.tensorboard = False
+    train("diffusion", cfg, tmp_path, log=lambda m: None)
+    cfg.ensemble.checkpoint = "latest"
+    path = forecast(cfg, tmp_path, tmp_path / "out", [np.datetime64(INIT)], log=lambda m: None)[0]
+    ds = xr.open_dataset(path)
+    assert ds.attrs["mode"] == "direct_residual" and ds.attrs["walks"] == 0
+    assert ds.sizes["member"] == 2 and np.isfinite(ds.t2m.values).all()
+    assert not np.array_equal(ds.t2m.values[0, 0], ds.t2m.values[0, 1])
+
+
+def test_tune_guidance_picks_the_best_calibrated_setting(mini_store, trained_workdir, tmp_path):
+    """The λ grid on validation cycles: one row per setting, the chosen one has the smallest mean |log SSR|, and the
+    forecasts come from the validation period only."""
+    import pandas as pd
+
+    from def_jax.tuning import tune_guidance
+
+    workdir, _ = trained_workdir
+    cfg = config(mini_store, members=3, lead_hours=2)
+    cfg.sampler.steps = 2
+    result = tune_guidance(cfg, workdir, tmp_path, scales=[0.2, 1.0], walks=[1], every_hours=4, max_cycles=2,
+                           log=lambda m: None)
+    table = pd.read_csv(result["table"])
+    assert list(table.guidance_scale) == [0.2, 1.0] and (table.cycles == 2).all()
+    assert result["best"]["mean_abs_log_ssr"] == table.mean_abs_log_ssr.min()
+    assert (table.mean_ssr > 0).all() and np.isfinite(table.crps_over_deterministic_mae).all()
+    inits = sorted(p.name for p in (tmp_path / "K1_lambda0.2" / "forecasts").glob("*.nc"))
+    assert inits == ["forecast_20240602T16.nc", "forecast_20240602T20.nc"]  # data.val_period 2024-06-02T16–T23

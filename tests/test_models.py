@@ -1,0 +1,148 @@
+"""The U-Net and the DEF networks: shapes, dtypes, any grid size, remat, bf16 compute with fp32 parameters.
+
+Models are built and applied functionally under jit (split graph definition + parameters), as training does: eager
+NNX calls would compile op by op.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from def_jax.models import model_rngs
+from def_jax.models.layers import groups_for, timestep_embedding
+from def_jax.models.networks import Channels, Denoiser, Forecaster, forecaster_input
+from def_jax.models.unet import UNet, UNetConfig
+
+TINY = UNetConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, attention_levels=(2,),
+                  num_heads=2, norm_groups=4, time_embedding_dim=16)
+
+
+def init(build):
+    """(graphdef, params) with the parameters initialized in one compiled program."""
+    return nnx.graphdef(nnx.eval_shape(build)), jax.jit(lambda: nnx.state(build()))()
+
+
+def randomize(params, seed=1):
+    """Non-zero parameters everywhere (the zero-initialized output layers would hide every path)."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(treedef, [0.2 * jax.random.normal(k, x.shape, x.dtype)
+                                        for k, x in zip(keys, leaves, strict=True)])
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("deterministic",))
+def apply(graphdef, params, *args, deterministic=True, rngs=None):
+    return nnx.merge(graphdef, params)(*args, deterministic=deterministic, rngs=rngs)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    graphdef, params = init(lambda: UNet(5, 3, TINY, time_conditioned=True, rngs=model_rngs(0)))
+    return graphdef, params, randomize(params)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (13, 29), (1, 7)])
+def test_any_grid_size(unet, shape):
+    graphdef, _, params = unet
+    x = jax.random.normal(jax.random.key(0), (2, *shape, 5))
+    y = apply(graphdef, params, x, jnp.array([3.0, 900.0]))
+    assert y.shape == (2, *shape, 3) and y.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(y)))
+
+
+def test_output_depends_on_time_and_is_zero_at_init(unet):
+    graphdef, params0, params = unet
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 5))
+    assert float(jnp.abs(apply(graphdef, params0, x, 5.0)).max()) == 0.0  # zero-initialized output conv
+    assert float(jnp.abs(apply(graphdef, params, x, 5.0) - apply(graphdef, params, x, 500.0)).max()) > 1e-3
+    np.testing.assert_allclose(apply(graphdef, params, x, jnp.array([5.0, 5.0])), apply(graphdef, params, x, 5.0),
+                               rtol=1e-6)  # a scalar step broadcasts over the batch
+
+
+def test_bfloat16_compute_with_float32_parameters(unet):
+    graphdef32, _, params = unet
+    graphdef16 = nnx.graphdef(nnx.eval_shape(
+        lambda: UNet(5, 3, dataclasses.replace(TINY, dtype="bfloat16"), time_conditioned=True, rngs=model_rngs(0))))
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype("float32")}
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 5))
+    y16, y32 = apply(graphdef16, params, x, 10.0), apply(graphdef32, params, x, 10.0)
+    assert y16.dtype == jnp.float32
+    err = float(jnp.abs(y16 - y32).max() / jnp.abs(y32).max())
+    assert 1e-4 < err < 0.1, err  # bf16 rounding is there, and small
+
+
+def test_remat_gives_the_same_values_and_gradients(unet):
+    graphdef, _, params = unet
+    graphdef_remat = nnx.graphdef(nnx.eval_shape(
+        lambda: UNet(5, 3, dataclasses.replace(TINY, remat=True), time_conditioned=True, rngs=model_rngs(0))))
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 5))
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def value_and_grad(gd, p):
+        return jax.value_and_grad(lambda p: jnp.sum(nnx.merge(gd, p)(x, 7.0) ** 2))(p)
+
+    (l1, g1), (l2, g2) = value_and_grad(graphdef, params), value_and_grad(graphdef_remat, params)
+    np.testing.assert_allclose(l2, l1, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_dropout_is_active_only_when_asked():
+    graphdef, params = init(lambda: UNet(5, 3, dataclasses.replace(TINY, dropout=0.5), time_conditioned=True,
+                                         rngs=model_rngs(0)))
+    params = randomize(params)
+    x = jax.random.normal(jax.random.key(0), (1, 16, 16, 5))
+    a = apply(graphdef, params, x, 1.0, deterministic=False, rngs=jax.random.key(1))
+    b = apply(graphdef, params, x, 1.0, deterministic=False, rngs=jax.random.key(2))
+    assert float(jnp.abs(a - b).max()) > 1e-3
+    np.testing.assert_array_equal(apply(graphdef, params, x, 1.0), apply(graphdef, params, x, 1.0))
+
+
+def test_forecaster_inputs_and_increment():
+    ch, k = Channels(state=3, forcing=2, static=4), 2
+    graphdef, params = init(lambda: Forecaster(ch, k, TINY, predict_increment=True, rngs=model_rngs(0)))
+    states = jax.random.normal(jax.random.key(0), (2, k, 12, 20, 3))
+    forcings, tf, statics = jnp.ones((2, k, 12, 20, 2)), jnp.zeros((2, k + 1, 4)), jnp.ones((2, 12, 20, 4))
+    x = forecaster_input(states, forcings, tf, statics)
+    assert x.shape == (2, 12, 20, ch.forecaster_inputs(k)) == (2, 12, 20, 2 * 3 + 2 * 2 + 3 * 4 + 4)
+    np.testing.assert_array_equal(x[..., 3:6], states[:, 1])  # time-major blocks: state at t-1, then t
+    np.testing.assert_array_equal(apply(graphdef, params, states, forcings, tf, statics), states[:, -1])  # persistence
+    assert apply(graphdef, randomize(params), states, forcings, tf, statics).shape == (2, 12, 20, 3)
+
+
+def test_denoiser_concatenates_condition_and_noisy_state():
+    graphdef, params = init(lambda: Denoiser(3, 6, TINY, rngs=model_rngs(0)))
+    params = randomize(params)
+    x = jax.random.normal(jax.random.key(0), (2, 10, 10, 3))
+    c = jax.random.normal(jax.random.key(1), (2, 10, 10, 6))
+    assert apply(graphdef, params, x, jnp.array([1.0, 999.0]), c).shape == x.shape
+    diff = apply(graphdef, params, x, 5.0, c) - apply(graphdef, params, x, 5.0, jnp.zeros_like(c))
+    assert float(jnp.abs(diff).max()) > 1e-3  # the condition matters
+
+
+def test_embedding_and_groups():
+    e = timestep_embedding(jnp.array([0.0, 10.0]), 8)
+    assert e.shape == (2, 8)
+    np.testing.assert_allclose(e[0], [0, 0, 0, 0, 1, 1, 1, 1], atol=1e-7)
+    assert groups_for(96, 32) == 32 and groups_for(24, 32) == 24 and groups_for(20, 8) == 5
+    assert UNetConfig(base_channels=256, channel_mults=(1, 1.5, 2, 3)).widths == (256, 384, 512, 768)
+
+
+def test_denoiser_linear_skip_starts_as_the_plain_network_and_can_express_the_def_answer():
+    """At initialization the skip path is zero (a, b start at 0), so the output is the plain U-Net's; setting
+    a = 1/σ, b = −α/σ (P = I) makes the skip path alone the exact ε of DEF's c = x_0."""
+    x, c = (jax.random.normal(jax.random.PRNGKey(i), (2, 12, 10, 5)) for i in (0, 1))
+    plain = Denoiser(5, 5, TINY, rngs=model_rngs(3))
+    skip = Denoiser(5, 5, TINY, rngs=model_rngs(3), linear_skip=True)
+    np.testing.assert_array_equal(plain(x, 500.0, c), skip(x, 500.0, c))
+    a, s = 0.6, 0.8  # x_τ = a x_0 + s ε
+    eps = jax.random.normal(jax.random.PRNGKey(2), x.shape)
+    x_tau = a * c + s * eps
+    skip.skip_mlp2.kernel[...] = jnp.zeros_like(skip.skip_mlp2.kernel[...])
+    skip.skip_mlp2.bias[...] = jnp.concatenate([jnp.full(5, 1 / s), jnp.full(5, -a / s)])
+    skip.unet.conv_out.bias[...] = jnp.zeros_like(skip.unet.conv_out.bias[...])  # the U-Net's output is 0 at init
+    np.testing.assert_allclose(skip(x_tau, 500.0, c), eps, rtol=1e-4, atol=1e-4)

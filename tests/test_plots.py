@@ -1,0 +1,302 @@
+"""Figures of ``def_jax.evaluation.plots`` from small synthetic inputs that follow docs/FORECASTS.md and docs/DATA.md.
+
+``build_inputs(root)`` writes the evaluation tables (``scores.csv``, ``rank_histogram.csv``, ``reliability.csv``), one
+forecast file (16 × 20 grid, ``refc`` and ``t2m``, 6 members, leads 1–6 h) and a Zarr store with the matching truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from def_jax.catalogue import Catalogue
+from def_jax.errors import UserError
+from def_jax.evaluation.plots import key_name, make_plots, select_keys
+
+NY, NX, B = 16, 20, 6
+INIT = np.datetime64("2024-06-02T12", "ns")
+FORECAST_LEADS = np.arange(1, 7, dtype=np.int32)
+TABLE_LEADS = np.arange(1, 13)
+REFC_THRESHOLDS = (20.0, 35.0, 45.0)
+CAPE_THRESHOLDS = (500.0, 1000.0)
+# (variable, level): what the tables hold; z has two levels, the default selection plots 500 hPa only.
+TABLE_KEYS = (("t2m", np.nan), ("refc", np.nan), ("z", 500.0), ("z", 850.0))
+SCALE = {"t2m": 1.2, "refc": 6.0, "z": 12.0}
+CATALOGUE = {"name": "plots_test", "variables": [
+    {"name": "t2m", "shortName": "2t", "typeOfLevel": "heightAboveGround", "level": 2, "units": "K",
+     "long_name": "2 m temperature", "min": 0.0},
+    {"name": "refc", "shortName": "refc", "typeOfLevel": "atmosphere", "units": "dBZ",
+     "long_name": "composite reflectivity", "min": -10.0},
+    {"name": "z", "shortName": "gh", "typeOfLevel": "isobaricInhPa", "levels": [500, 850], "units": "gpm",
+     "long_name": "geopotential height"},
+]}
+LEVELS = np.asarray([500.0, 850.0], np.float32)
+
+
+# --- evaluation tables --------------------------------------------------------------------------------------------
+
+
+def _score_rows() -> list[dict]:
+    rows = []
+
+    def add(system, var, level, lead, score, value, threshold=np.nan, window=np.nan):
+        rows.append({"system": system, "variable": var, "level": level, "lead_hours": lead, "score": score,
+                     "threshold": threshold, "window": window, "value": value, "count": 4, "weighting": "cos_lat"})
+
+    for var, level in TABLE_KEYS:
+        s = SCALE[var] * (1.3 if level == 850.0 else 1.0)
+        for lead in TABLE_LEADS:
+            rmse = s * (0.4 + 0.12 * lead) ** 0.8
+            spread = rmse * (0.75 + 0.01 * lead)
+            add("def", var, level, lead, "rmse", rmse)
+            add("def", var, level, lead, "spread", spread)
+            add("def", var, level, lead, "ssr", spread / rmse * np.sqrt((B + 1) / B))
+            add("def", var, level, lead, "crps", 0.45 * rmse)
+            add("def", var, level, lead, "crps_standard", 0.48 * rmse)
+            add("def", var, level, lead, "mae", 0.8 * rmse)
+            add("def", var, level, lead, "bias", 0.05 * s)
+            add("deterministic", var, level, lead, "rmse", 1.12 * rmse)
+            add("deterministic", var, level, lead, "crps", 0.8 * 1.12 * rmse)
+            add("persistence", var, level, lead, "rmse", s * 0.5 * lead ** 0.6)
+            add("persistence", var, level, lead, "crps", s * 0.4 * lead ** 0.6)
+            add("climatology", var, level, lead, "rmse", 2.2 * s)
+            add("climatology", var, level, lead, "crps", 1.7 * s)
+            if var == "refc":
+                for thr in REFC_THRESHOLDS:
+                    add("def", var, level, lead, "brier", 0.02 + 0.002 * lead, threshold=thr)
+                    add("def", var, level, lead, "bss", 0.4 - 0.02 * lead, threshold=thr)
+                    add("def", var, level, lead, "fss", 0.7 - 0.03 * lead, threshold=thr, window=9)
+    return rows
+
+
+def _rank_rows() -> list[dict]:
+    rows = []
+    for var, level in TABLE_KEYS:
+        for lead in TABLE_LEADS:
+            ranks = np.arange(B + 1)
+            u_shape = 1.0 + (0.5 - 0.03 * lead) * ((ranks - B / 2) / (B / 2)) ** 2  # under-dispersive, improving
+            for r, w in zip(ranks, u_shape):
+                rows.append({"system": "def", "variable": var, "level": level, "lead_hours": lead, "rank": int(r),
+                             "count": int(1000 * w)})
+    return rows
+
+
+def _reliability_rows() -> list[dict]:
+    rows = []
+    for var, thresholds in (("refc", REFC_THRESHOLDS), ("cape", CAPE_THRESHOLDS)):
+        for k, thr in enumerate(thresholds):
+            for lead in TABLE_LEADS:
+                for i in range(10):
+                    lower, upper = i / 10, (i + 1) / 10
+                    count = int(20000 * (0.4 + 0.01 * lead) ** i * (1 + 0.3 * k)) if i < 8 - k else 0
+                    fp = lower + 0.05 + 0.01 * np.sin(i + lead) if count else np.nan
+                    obs = float(np.clip(0.02 + 0.85 * fp - 0.01 * lead * fp, 0, 1)) if count else np.nan
+                    rows.append({"system": "def", "variable": var, "threshold": thr, "lead_hours": lead,
+                                 "bin_lower": lower, "bin_upper": upper, "forecast_probability": fp,
+                                 "observed_frequency": obs, "count": count})
+    return rows
+
+
+def write_tables(directory: Path, drop: tuple[str, str] | None = None) -> Path:
+    """Write the three tables into ``directory``; ``drop=(file, column)`` leaves a column out of one of them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("scores.csv", _score_rows()), ("rank_histogram.csv", _rank_rows()),
+                       ("reliability.csv", _reliability_rows())):
+        df = pd.DataFrame(rows)
+        if drop is not None and drop[0] == name:
+            df = df.drop(columns=[drop[1]])
+        df.to_csv(directory / name, index=False)
+    return directory
+
+
+# --- forecast file and store --------------------------------------------------------------------------------------
+
+
+def _grid() -> dict[str, np.ndarray]:
+    """A 27 km Lambert-like grid over the southern Great Plains (longitudes 0–360 °E, as cfgrib reads HRRR)."""
+    iy, ix = np.meshgrid(np.arange(NY), np.arange(NX), indexing="ij")
+    return {"y": 27000.0 * np.arange(NY) - 8.0e5, "x": 27000.0 * np.arange(NX) - 4.0e5,
+            "lat": 32.0 + 0.243 * iy + 0.012 * ix, "lon": 259.5 + 0.29 * ix - 0.015 * iy, "iy": iy, "ix": ix}
+
+
+def _storm(g: dict, hour: float, shift: tuple[float, float] = (0.0, 0.0), amp: float = 62.0) -> np.ndarray:
+    """A reflectivity blob with a weaker trailing band, moving east; floor −10 dBZ (no echo)."""
+    cy, cx = 6.0 + 0.25 * (hour - 12) + shift[0], 4.0 + 1.6 * (hour - 12) + shift[1]
+    r2 = (g["iy"] - cy) ** 2 + ((g["ix"] - cx) / 1.4) ** 2
+    band = 30.0 * np.exp(-((g["ix"] - cx + 3.0 + 0.3 * (g["iy"] - cy)) ** 2) / 2.0) * (np.abs(g["iy"] - cy) < 5)
+    return np.maximum(-10.0 + (amp + 10.0) * np.exp(-r2 / 6.0) + band, -10.0)
+
+
+def _t2m(g: dict, hour: float, rng: np.random.Generator, noise: float) -> np.ndarray:
+    return (303.0 - 0.9 * g["iy"] + 0.15 * g["ix"] + 2.0 * np.sin(2 * np.pi * (hour - 9) / 24)
+            + rng.normal(0.0, noise, g["iy"].shape))
+
+
+def _z(g: dict, hour: float, rng: np.random.Generator, noise: float) -> np.ndarray:
+    """Geopotential height [level, y, x] at 500 and 850 hPa: a trough moving east."""
+    trough = np.exp(-((g["ix"] - 6.0 - 0.5 * (hour - 12)) ** 2) / 20.0)
+    z500 = 5880.0 - 6.0 * g["iy"] - 40.0 * trough + rng.normal(0.0, noise, g["iy"].shape)
+    return np.stack([z500, 1480.0 + 0.5 * (z500 - 5880.0)])
+
+
+def write_forecast(path: Path, seed: int = 0) -> Path:
+    """One forecast file as docs/FORECASTS.md describes it (``refc``, ``t2m``, ``z`` on 500/850 hPa, 6 members,
+    leads 1–6 h)."""
+    rng = np.random.default_rng(seed)
+    g = _grid()
+    hours = 12 + FORECAST_LEADS
+    refc = np.stack([[_storm(g, h, tuple(rng.normal(0, 1.0, 2)), 55.0 + 8 * rng.random()) for h in hours]
+                     for _ in range(B)])[None].astype(np.float32)  # [1, B, N, y, x]
+    t2m = np.stack([[_t2m(g, h, rng, 0.6) for h in hours] for _ in range(B)])[None].astype(np.float32)
+    z = np.stack([[_z(g, h, rng, 3.0) for h in hours] for _ in range(B)])[None].astype(np.float32)
+    deterministic = {"refc": np.stack([_storm(g, h) for h in hours])[None],
+                     "t2m": np.stack([_t2m(g, h, rng, 0.0) for h in hours])[None],
+                     "z": np.stack([_z(g, h, rng, 0.0) for h in hours])[None]}
+    thresholds = np.asarray(REFC_THRESHOLDS, np.float32)
+    prob = (refc[:, :, None] >= thresholds[None, None, :, None, None, None]).mean(axis=1)  # [1, T, N, y, x]
+    valid = INIT + FORECAST_LEADS.astype("timedelta64[h]")
+    coords = {
+        "init_time": ("init_time", [INIT]), "lead_time": ("lead_time", FORECAST_LEADS, {"units": "hours"}),
+        "valid_time": (("init_time", "lead_time"), valid[None]), "member": ("member", np.arange(B, dtype=np.int32)),
+        "level": ("level", LEVELS, {"units": "hPa"}),
+        "y": ("y", g["y"], {"units": "m", "standard_name": "projection_y_coordinate"}),
+        "x": ("x", g["x"], {"units": "m", "standard_name": "projection_x_coordinate"}),
+        "latitude": (("y", "x"), g["lat"], {"units": "degrees_north"}),
+        "longitude": (("y", "x"), g["lon"], {"units": "degrees_east"}),
+        "refc_threshold": ("refc_threshold", thresholds, {"units": "dBZ"}),
+    }
+    ds = xr.Dataset(coords=coords)
+    ds["crs"] = ((), np.int32(0), {"grid_mapping_name": "lambert_conformal_conic", "standard_parallel": [38.5, 38.5],
+                                   "longitude_of_central_meridian": 262.5, "latitude_of_projection_origin": 38.5,
+                                   "earth_radius": 6371229.0})
+    for name, members, units, long_name in (("refc", refc, "dBZ", "composite reflectivity"),
+                                            ("t2m", t2m, "K", "2 m temperature"),
+                                            ("z", z, "gpm", "geopotential height")):
+        lev = ("level",) if name == "z" else ()
+        member_dims = ("init_time", "member", "lead_time") + lev + ("y", "x")
+        stat_dims = ("init_time", "lead_time") + lev + ("y", "x")
+        attrs = {"units": units, "long_name": long_name, "grid_mapping": "crs"}
+        ds[name] = (member_dims, members, attrs)
+        ds[f"{name}_mean"] = (stat_dims, members.mean(axis=1), {**attrs, "long_name": f"{long_name}, ensemble mean"})
+        ds[f"{name}_std"] = (stat_dims, members.std(axis=1), {**attrs, "long_name": f"{long_name}, ensemble std"})
+        ds[f"{name}_deterministic"] = (stat_dims, deterministic[name].astype(np.float32),
+                                       {**attrs, "long_name": f"{long_name}, deterministic rollout"})
+    ds["refc_probability"] = (("init_time", "refc_threshold", "lead_time", "y", "x"), prob.astype(np.float32),
+                              {"units": "1", "long_name": "fraction of members with refc >= threshold",
+                               "grid_mapping": "crs"})
+    ds.attrs.update({"Conventions": "CF-1.8", "def_jax_forecast": 1, "mode": "def", "members": B, "walks": 2,
+                     "guidance_scale": 0.5, "sampler": "dpm_solver", "sampler_steps": 8, "dt_hours": 1,
+                     "store": "store.zarr", "seed": seed, "created": "2026-11-22T00:00:00Z",
+                     "history": "tests/test_plots.py"})
+    time_units = "hours since 1970-01-01 00:00:00"
+    encoding = {name: {"zlib": True} for name in ds.data_vars if name != "crs"}
+    encoding.update({"init_time": {"units": time_units}, "valid_time": {"units": time_units}})
+    ds.to_netcdf(path, engine="netcdf4", encoding=encoding)
+    return path
+
+
+def write_store(path: Path, seed: int = 1) -> Path:
+    """A Zarr store (docs/DATA.md, schema 1) with the truth of ``t2m``, ``refc``, ``z`` every hour of 2024-06-02."""
+    rng = np.random.default_rng(seed)
+    g = _grid()
+    cat = Catalogue.from_dict(CATALOGUE)
+    times = np.datetime64("2024-06-02T00", "ns") + np.arange(24) * np.timedelta64(1, "h")
+    hours = np.arange(24)
+    data = {"refc": np.stack([_storm(g, h, (0.8, -0.6)) for h in hours]),
+            "t2m": np.stack([_t2m(g, h, rng, 0.8) for h in hours]),
+            "z": np.stack([_z(g, h, rng, 4.0) for h in hours])}
+    ds = xr.Dataset(coords={"time": ("time", times), "level": ("level", LEVELS, {"units": "hPa"}),
+                            "y": ("y", g["y"], {"units": "m"}), "x": ("x", g["x"], {"units": "m"})})
+    ds["latitude"] = (("y", "x"), g["lat"], {"units": "degrees_north"})
+    ds["longitude"] = (("y", "x"), g["lon"], {"units": "degrees_east"})
+    ds["crs"] = ((), np.int32(0), {"grid_mapping_name": "lambert_conformal_conic"})
+    for v in cat:
+        dims = ("time", "level", "y", "x") if v.levels else ("time", "y", "x")
+        ds[v.name] = (dims, data[v.name].astype(np.float32),
+                      {"units": v.units, "long_name": v.long_name, "role": v.role, "grid_mapping": "crs",
+                       "GRIB_shortName": v.short_name, "GRIB_typeOfLevel": v.type_of_level, "valid_min": v.min})
+    ds["time_status"] = ("time", np.ones(24, np.int8))
+    ds.attrs.update({"def_jax_schema": 1, "catalogue": cat.to_json(), "dt_hours": 1, "source": "xarray",
+                     "region": "", "stride": 1, "created": "2026-11-22T00:00:00Z", "history": "tests/test_plots.py"})
+    encoding = {name: {"chunks": (1,) + ds[name].shape[1:]} for name in ("t2m", "refc", "z")}
+    ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+    return path
+
+
+def build_inputs(root: Path) -> dict[str, Path]:
+    """All inputs under ``root``: ``evaluation`` (tables), ``forecast`` (file) and ``store``."""
+    root.mkdir(parents=True, exist_ok=True)
+    return {"evaluation": write_tables(root / "evaluation"),
+            "forecast": write_forecast(root / "forecast_20240602T12.nc"),
+            "store": write_store(root / "store.zarr")}
+
+
+# --- tests --------------------------------------------------------------------------------------------------------
+
+
+def _check_png(path: Path) -> None:
+    from matplotlib.image import imread
+
+    image = imread(path)
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300 and image.shape[2] in (3, 4), path
+    assert float(image[..., :3].std()) > 0.01, f"{path} is blank"
+
+
+def test_make_plots_writes_every_figure(tmp_path):
+    inputs = build_inputs(tmp_path / "in")
+    out = tmp_path / "plots"
+    messages: list[str] = []
+    paths = make_plots(inputs["evaluation"], out, forecast_path=inputs["forecast"], store=inputs["store"],
+                       log=messages.append)
+    keys = ("t2m", "refc", "z500")  # surface variables + 500 hPa of the multi-level one; z850 is not plotted
+    expected = {f"{kind}_{k}.png" for kind in ("spread_skill", "crps", "rank_histogram") for k in keys}
+    expected |= {"reliability_refc.png", "reliability_cape.png"}
+    expected |= {f"maps_{v}_{lead}h.png" for v in ("refc", "t2m") for lead in (1, 3, 6)}  # 3 leads over 1–6 h
+    assert {p.name for p in paths} == expected
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)  # no temporary files left
+    for path in paths:
+        _check_png(path)
+    assert len(messages) == len(expected)
+
+
+def test_selection_and_leads(tmp_path):
+    inputs = build_inputs(tmp_path / "in")
+    out = tmp_path / "plots"
+    paths = make_plots(inputs["evaluation"], out, forecast_path=inputs["forecast"].parent, store=inputs["store"],
+                       variables=["z500"], lead_hours=[2], members_to_show=2, log=lambda m: None)
+    assert {p.name for p in paths} == {"spread_skill_z500.png", "crps_z500.png", "rank_histogram_z500.png",
+                                       "maps_z500_2h.png"}  # a level of a multi-level variable, truth included
+    _check_png(out / "maps_z500_2h.png")
+
+
+def test_select_keys():
+    scores = pd.DataFrame(_score_rows())
+    assert select_keys(scores, None) == [("t2m", None), ("refc", None), ("z", 500.0)]
+    assert select_keys(scores, "z850, t2m") == [("z", 850.0), ("t2m", None)]
+    assert key_name(("z", 850.0)) == "z850" and key_name(("t2m", None)) == "t2m"
+
+
+@pytest.mark.parametrize("file, column", [("scores.csv", "value"), ("rank_histogram.csv", "rank"),
+                                          ("reliability.csv", "observed_frequency")])
+def test_missing_column_is_named(tmp_path, file, column):
+    evaluation = write_tables(tmp_path / "evaluation", drop=(file, column))
+    with pytest.raises(UserError, match=rf"{file}: missing column '{column}'"):
+        make_plots(evaluation, tmp_path / "plots", log=lambda m: None)
+
+
+def test_input_errors(tmp_path):
+    evaluation = write_tables(tmp_path / "evaluation")
+    (evaluation / "rank_histogram.csv").unlink()
+    with pytest.raises(UserError, match="rank_histogram.csv: not found"):
+        make_plots(evaluation, tmp_path / "plots", log=lambda m: None)
+    evaluation = write_tables(tmp_path / "evaluation")
+    with pytest.raises(UserError, match="'q700': not in scores.csv"):
+        make_plots(evaluation, tmp_path / "plots", variables=["t2m", "q700"], log=lambda m: None)
+    forecast = write_forecast(tmp_path / "forecast_20240602T12.nc")
+    with pytest.raises(UserError, match=r"lead time\(s\) \[9\] h not in the file"):
+        make_plots(evaluation, tmp_path / "plots", forecast_path=forecast, variables=["refc"], lead_hours=[9],
+                   log=lambda m: None)

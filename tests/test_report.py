@@ -1,0 +1,43 @@
+"""report.md: tables and sentences come from scores.csv; figures are linked relative to the workdir."""
+
+import numpy as np
+import pandas as pd
+
+from configs.presets import get_config
+from def_jax.report import write_report
+
+
+def scores(tmp_path):
+    rows = []
+    for lead in (1, 2, 3, 4):
+        for system, rmse in (("def", 1.0 + 0.1 * lead), ("deterministic", 1.2 + 0.2 * lead),
+                             ("persistence", 1.5 + 0.3 * lead)):
+            rows.append((system, "t2m", None, lead, "rmse", None, None, rmse))
+            rows.append((system, "t2m", None, lead, "mae" if system != "def" else "crps", None, None, 0.8 * rmse))
+        rows.append(("def", "t2m", None, lead, "spread", None, None, 0.5))
+        rows.append(("def", "t2m", None, lead, "ssr", None, None, 0.5))
+        rows.append(("def", "z", 500.0, lead, "rmse", None, None, 10.0))
+        for system, b in (("def", 0.01), ("deterministic", 0.03), ("persistence", 0.04), ("climatology", 0.02)):
+            rows.append((system, "refc", None, lead, "brier", 35.0, None, b))
+        rows.append(("def", "refc", None, lead, "bss", 35.0, None, 0.5))
+        rows.append(("deterministic", "refc", None, lead, "bss", 35.0, None, -0.5))
+    df = pd.DataFrame(rows, columns=["system", "variable", "level", "lead_hours", "score", "threshold", "window",
+                                     "value"])
+    (tmp_path / "evaluation").mkdir()
+    df.to_csv(tmp_path / "evaluation" / "scores.csv", index=False)
+
+
+def test_report_tables_and_findings(tmp_path):
+    scores(tmp_path)
+    (tmp_path / "plots").mkdir()
+    fig = tmp_path / "plots" / "crps_t2m.png"
+    fig.write_bytes(b"")
+    path = write_report(tmp_path, get_config("demo"), [np.datetime64("2024-06-13T00")], [fig], minutes=1.5,
+                        variables=("t2m", "z500", "refc"))
+    text = path.read_text()
+    assert "| 4 | 1.4 | 2 | 2.7 | 1.12 | 1.6 | 0.5 | 0.5 |" in text  # the t2m row at 4 h, from the CSV
+    assert "**z500** (m2 s-2)" in text or "**z500**" in text
+    assert "| 4 | 0.01 | 0.03 | 0.04 | 0.02 | 0.5 | -0.5 |" in text
+    assert "t2m +30 %" in text  # RMSE 1.4 vs 2.0
+    assert "under-dispersive" in text and "beats climatology" in text
+    assert "![crps_t2m](plots/crps_t2m.png)" in text and "1.5 minutes" in text

@@ -1,0 +1,226 @@
+"""Training: sharded updates equal single-device ones, multi-process equals single-process, exact resume after
+SIGKILL, checkpoints and their checks, divergence handling, and that short runs learn on the mini-HRRR."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from tiny_config import get_config, learning_config
+
+from def_jax import parallel
+from def_jax.data.pipeline import make_loader
+from def_jax.errors import UserError
+from def_jax.training.logging import latest_per_step, read_metrics
+from def_jax.training.loop import TrainingDiverged, build_run, stack_micro_batches, train
+from def_jax.training.state import init_train_state, make_optimizer, make_train_step
+
+EXE = str(Path(sys.executable).parent / "def-jax")
+TINY = str(Path(__file__).resolve().parent / "tiny_config.py")
+
+
+def cli(store, workdir, command="train-forecaster", *overrides, env=None):
+    return [EXE, command, f"--config={TINY}:{store}", f"--workdir={workdir}", *overrides]
+
+
+def sgd_config(store):
+    cfg = get_config(store)
+    t = cfg.training.forecaster
+    t.optimizer, t.learning_rate, t.warmup_steps, t.lr_schedule = "sgd", 0.05, 0, "constant"
+    return cfg
+
+
+# --- sharding ---------------------------------------------------------------------------------------------------------
+
+
+def run_steps(run, cfg, mesh_shape, batches):
+    """Three plain-SGD updates of G_φ on a mesh (data, space) of the first devices; returns parameters and loss."""
+    devices = jax.devices()[: mesh_shape[0] * mesh_shape[1]]
+    mesh = parallel.make_mesh(*mesh_shape, devices=devices)
+    optimizer, schedule = make_optimizer(cfg.training.forecaster, 100)
+    rep = parallel.replicated(mesh)
+    params = jax.device_put(run.params, rep)
+    state = jax.jit(lambda p: init_train_state(p, optimizer, seed=0, ema_decay=0.0), out_shardings=rep)(params)
+    step = jax.jit(make_train_step(run.loss_fn, optimizer, schedule, ema_decay=0.0), out_shardings=(rep, rep))
+    for b in batches:
+        state, metrics = step(state, parallel.global_batch(b, mesh, batch_axis=1), None)
+    return jax.device_get(state.params), float(metrics["loss"])
+
+
+@pytest.fixture(scope="module")
+def sgd_run(mini_store):
+    """The tiny G_φ run, three fixed training batches, and the single-device reference result."""
+    cfg = sgd_config(mini_store)
+    run = build_run("forecaster", cfg, Path("/nonexistent"), log=lambda m: None)
+    loader = make_loader(run.train_source, batch_size=4, seed=0, shard_index=0, shard_count=1)
+    with iter(loader) as it:
+        batches = [stack_micro_batches([next(it)], None) for _ in range(3)]
+    return run, cfg, batches, run_steps(run, cfg, (1, 1), batches)
+
+
+@pytest.mark.parametrize("mesh_shape", [(4, 1), (1, 4), (2, 2)], ids=["data", "space", "data+space"])
+def test_sharded_sgd_equals_one_device(sgd_run, mesh_shape):
+    run, cfg, batches, (one, loss1) = sgd_run
+    many, loss4 = run_steps(run, cfg, mesh_shape, batches)
+    assert abs(loss1 - loss4) < 1e-5 * max(1.0, abs(loss1))
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(many), strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-4)
+    moved = max(float(np.abs(a).max()) for a in jax.tree.leaves(one))
+    assert moved > 0  # the updates did something
+
+
+# --- whole runs --------------------------------------------------------------------------------------------------------
+
+
+def test_short_training_learns(trained_workdir):
+    """G_φ beats persistence on validation and ε_θ's loss falls below its initial value (~1), in 30 steps each."""
+    tmp_path, summaries = trained_workdir
+    summary = summaries["forecaster"]
+    val = [r for r in read_metrics(tmp_path / "forecaster") if r["split"] == "val"]
+    assert summary["step"] == 30 and len(val) == 2
+    assert val[-1]["loss"] < 0.9 * val[-1]["persistence_mse"], val[-1]
+    run_dir = tmp_path / "forecaster"
+    assert (run_dir / "checkpoints" / "30").exists() and list((run_dir / "best").iterdir())
+    assert json.loads((run_dir / "config.json").read_text())["forecaster"]["base_channels"] == 8
+    assert list((run_dir / "tensorboard").glob("events.*"))
+    assert summaries["diffusion"]["step"] == 30
+    records = read_metrics(tmp_path / "diffusion")
+    first = np.mean([r["loss"] for r in records if r["split"] == "train"][:3])
+    last = np.mean([r["loss"] for r in records if r["split"] == "train"][-5:])
+    val = [r["loss"] for r in records if r["split"] == "val"]
+    # ε-prediction starts at E‖ε‖² = 1 (zero-initialized output); 30 small steps must already take it down.
+    assert first > 0.97 and last < first - 0.03 and val[-1] < val[0] < 0.99, (first, last, val)
+
+
+def test_checkpoint_config_mismatch_is_named(mini_store, trained_workdir):
+    tmp_path, _ = trained_workdir
+    cfg = learning_config(mini_store)
+    cfg.forecaster.base_channels = 16
+    cfg.training.forecaster.max_steps = 40
+    with pytest.raises(UserError, match=r"does not match the config: forecaster\.base_channels: 8 → 16"):
+        train("forecaster", cfg, tmp_path, log=lambda m: None)
+    cfg = learning_config(mini_store)
+    cfg.diffusion.mode = "def"
+    cfg.forecaster.predict_increment = False  # the frozen G_φ must be the one the config describes
+    with pytest.raises(UserError, match=r"forecaster\.predict_increment: True → False"):
+        train("diffusion", cfg, tmp_path, log=lambda m: None)
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(mini_store, tmp_path):
+    cfg = sgd_config(mini_store)
+    t = cfg.training.forecaster
+    t.max_steps, t.checkpoint_every, t.eval_every, t.grad_clip = 8, 2, 100, 0.0
+    t.learning_rate, t.warmup_steps = 1e30, 4  # step 1 at lr 0 (checkpointed at 2), then an explosion
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf).* at step \d+.*Last good checkpoint: step"):
+        train("forecaster", cfg, tmp_path, log=lambda m: None)
+    steps = sorted(int(p.name) for p in (tmp_path / "forecaster" / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps, "no checkpoint before divergence"
+    from def_jax.training.checkpoint import Checkpoints, abstract
+
+    run = build_run("forecaster", cfg, tmp_path, log=lambda m: None)
+    optimizer, _ = make_optimizer(t, 8)
+    template = abstract(init_train_state(run.params, optimizer, seed=0, ema_decay=0.0))
+    state, _, _ = Checkpoints(tmp_path / "forecaster", keep=3).restore(steps[-1], template)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+
+
+# --- processes ---------------------------------------------------------------------------------------------------------
+
+
+def _env(devices, cache=""):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), DEF_JAX_CACHE_DIR=str(cache))
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def train_losses(run_dir):
+    return {s: r["loss"] for s, r in latest_per_step(read_metrics(run_dir)).items()}
+
+
+def test_sigkill_and_resume_equals_an_uninterrupted_run(mini_store, tmp_path):
+    overrides = ["--config.training.forecaster.max_steps=8", "--config.training.forecaster.checkpoint_every=2",
+                 "--config.training.forecaster.eval_batches=0"]
+    # The three runs share a persistent compilation cache (the command line's own): only the first compiles.
+    env = _env(4, cache=tmp_path / "xla_cache")
+    full = subprocess.run(cli(mini_store, tmp_path / "full", "train-forecaster", *overrides), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr[-2000:]
+    proc = subprocess.Popen(cli(mini_store, tmp_path / "killed", "train-forecaster", *overrides), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "killed" / "forecaster" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        done = [int(p.name) for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.exists() else []
+        if done:  # kill as soon as the first checkpoint (step 2) is complete: 6 steps are still to run
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = max(int(p.name) for p in ckpts.glob("*") if p.name.isdigit())
+    assert 2 <= killed_at < 8, killed_at
+    resumed = subprocess.run(cli(mini_store, tmp_path / "killed", "train-forecaster", *overrides), env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = train_losses(tmp_path / "full" / "forecaster"), train_losses(tmp_path / "killed" / "forecaster")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for s in range(1, 9):
+        assert a[s] == pytest.approx(b[s], rel=1e-6, abs=1e-9), (s, a[s], b[s])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(mini_store, tmp_path):
+    """jax.distributed on localhost (Gloo): 2 processes × 2 devices = the single-process 4-device run."""
+    overrides = ["--config.training.forecaster.max_steps=4", "--config.training.forecaster.optimizer=sgd",
+                 "--config.training.forecaster.learning_rate=0.05", "--config.training.forecaster.lr_schedule=constant",
+                 "--config.training.forecaster.checkpoint_every=4", "--config.training.forecaster.eval_every=4"]
+    single = subprocess.run(cli(mini_store, tmp_path / "one", "train-forecaster", *overrides), env=_env(4),
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    port = free_port()
+    procs = [subprocess.Popen(cli(mini_store, tmp_path / "two", "train-forecaster", *overrides,
+                                  f"--config.parallel.coordinator_address=127.0.0.1:{port}",
+                                  "--config.parallel.num_processes=2", f"--config.parallel.process_id={i}"),
+                              env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert "process 0 of 2" in outs[0][0] + outs[0][1]
+    a, b = train_losses(tmp_path / "one" / "forecaster"), train_losses(tmp_path / "two" / "forecaster")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for s in a:
+        assert a[s] == pytest.approx(b[s], rel=1e-5), (s, a[s], b[s])
+    val_a = [r["loss"] for r in read_metrics(tmp_path / "one" / "forecaster") if r["split"] == "val"]
+    val_b = [r["loss"] for r in read_metrics(tmp_path / "two" / "forecaster") if r["split"] == "val"]
+    assert val_a == pytest.approx(val_b, rel=1e-5)
+
+
+def test_info_reports_parameters_flops_and_memory(capsys, tmp_path):
+    from def_jax import cli
+
+    out = tmp_path / "info.json"
+    code = cli.main(["info", f"--config={TINY}:{tmp_path}/unused.zarr", "--memory", "--model=forecaster",
+                     f"--out={out}"])
+    text = capsys.readouterr().out
+    assert code == 0 and "M parameters" in text and "GFLOP per forward on a 32×32 grid" in text and "GiB" in text
+    report = json.loads(out.read_text())["reports"][0]
+    assert report["parameters"] > 1000 and report["gflops_per_forward"] > 0
+    assert report["memory_estimate_gb"] > report["memory_static_gb"] > 0 and report["memory_activations_gb"] > 0
+    assert report["memory_xla_cpu_gb"] > 0
