@@ -116,15 +116,18 @@ def findings(df: pd.DataFrame, keys: Sequence[str], leads: Sequence[int], levels
         over = [k for k, v in ssr if v > 1.2]
         text = f"- **Calibration** (spread/skill at {last} h; 1 is calibrated): {listing(ssr, '{} {:.2f}')}."
         if under:
-            biased = [k for k in under if _bias_dominates(df, k, levels, last)]
+            damaged = [k for k in under if _bias_dominates(df, k, levels, last) or dict(better_rmse).get(k, 0) < 0]
             text += (f" Below 0.8 ({', '.join(under)}) the ensemble is under-dispersive: it is more confident than "
                      f"its errors justify.")
-            if biased:
-                text += (f" For {', '.join(biased)} the error of the mean is mostly a bias larger than the spread: "
-                         f"with λ < 1 every walk pulls the state towards the unconditional model (climatology), so "
-                         f"a larger λ, fewer walks or a longer-trained ε_θ help more than extra spread would.")
-            if len(biased) < len(under):
-                text += " Where it is not a bias, a smaller guidance scale λ or more walks K widen the ensemble."
+            if damaged:
+                text += (f" For {', '.join(damaged)} the perturbations themselves are the problem: the ensemble "
+                         f"mean is further from the truth than the unperturbed run (or biased by more than the "
+                         f"spread), because with λ < 1 each walk pulls the state towards the unconditional model; "
+                         f"a larger λ, fewer walks or a longer-trained ε_θ help more than extra spread would "
+                         f"(`def-jax tune-guidance` measures it).")
+            rest = [k for k in under if k not in damaged]
+            if rest:
+                text += f" For {', '.join(rest)} a smaller guidance scale λ or more walks K would widen the ensemble."
         if over:
             text += f" Above 1.2 ({', '.join(over)}) it is over-dispersive; a larger λ narrows it."
         out.append(text)
@@ -136,6 +139,15 @@ def findings(df: pd.DataFrame, keys: Sequence[str], leads: Sequence[int], levels
                    f"score of {bss:.2f} against the training-period base rate ({verdict} climatology), against "
                    f"{_fmt(bss_det, 2)} for the deterministic yes/no forecast.")
     return out
+
+
+def _steps(workdir: Path, kind: str, default: int) -> int:
+    """The updates a run actually made (its last logged step), else the configured number."""
+    from def_jax.training.logging import read_metrics
+
+    path = Path(workdir) / kind / "metrics.jsonl"
+    steps = [r["step"] for r in read_metrics(path)] if path.exists() else []
+    return int(max(steps)) if steps else int(default)
 
 
 def _bias_dominates(df: pd.DataFrame, key: str, levels, lead: int) -> bool:
@@ -165,12 +177,13 @@ def write_report(workdir: Path, cfg, inits: Sequence[np.datetime64], figures: Se
         f"Lambert grid (every {cfg.data.synth.stride or 1} point(s), {3 * (cfg.data.synth.stride or 1)} km), "
         f"{cat.num_channels('state')} state channels ({', '.join(v.name for v in cat.by_role('state'))}), hourly; "
         f"train {cfg.data.train_period}, validation {cfg.data.val_period}, test {cfg.data.test_period}.",
-        f"- G_φ: U-Net width {cfg.forecaster.base_channels}, {t.forecaster.max_steps} updates"
+        f"- G_φ: U-Net width {cfg.forecaster.base_channels}, {_steps(workdir, 'forecaster', t.forecaster.max_steps)} "
+        f"updates"
         + (f"; validation MSE {val['forecaster'][-1]['loss']:.4f} vs persistence "
            f"{val['forecaster'][-1]['persistence_mse']:.4f} (normalized units)" if val["forecaster"] else "") + ".",
         f"- ε_θ: U-Net width {cfg.denoiser.base_channels}, {cfg.diffusion.schedule} schedule, T = "
         f"{cfg.diffusion.num_steps}, p_uncond = {cfg.diffusion.p_uncond}, p_advance = {cfg.diffusion.p_advance}, "
-        f"{t.diffusion.max_steps} updates" + (f"; validation ε-loss {val['diffusion'][-1]['loss']:.3f}"
+        f"{_steps(workdir, 'diffusion', t.diffusion.max_steps)} updates" + (f"; validation ε-loss {val['diffusion'][-1]['loss']:.3f}"
                                                if val["diffusion"] else "") + ".",
         f"- Ensemble: B = {e.members} members, K = {e.walks} walks per hour, λ = {e.guidance_scale}, {s.name} "
         f"(order {s.order}, {s.method}) with S = {s.steps} steps; {len(inits)} cycles from {str(inits[0])[:13]} to "

@@ -90,8 +90,9 @@ def test_rerun_skips_finished_cycles(cli_forecasts):
 def test_members_do_not_depend_on_ensemble_size_or_chunks(mini_store, trained_workdir, tmp_path):
     """In-process: 2 members vs 3 members in chunks of 1 (and the 4-device CLI run): member 0 and 1 equal."""
     workdir, _ = trained_workdir
-    two = forecast(config(mini_store, members=2), workdir, tmp_path / "two", [np.datetime64(INIT)], log=print)[0]
-    three = forecast(config(mini_store, members=3, member_chunk=1, lead_chunk=3), workdir, tmp_path / "three",
+    two = forecast(config(mini_store, members=2, lead_hours=2), workdir, tmp_path / "two", [np.datetime64(INIT)],
+                   log=print)[0]
+    three = forecast(config(mini_store, members=3, member_chunk=1, lead_hours=2), workdir, tmp_path / "three",
                      [np.datetime64(INIT)], log=print)[0]
     a, b = xr.open_dataset(two), xr.open_dataset(three)
     for name in ("t2m", "refc", "q"):
