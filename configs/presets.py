@@ -279,7 +279,7 @@ def _era5_paper(c: ml_collections.ConfigDict) -> None:
 def _demo(c: ml_collections.ConfigDict) -> None:
     """The end-to-end demo within ~20 minutes on a 2-core CPU: six weeks of a 32×32 mini-HRRR at 6 km (every second
     HRRR point, 192 km square), U-Nets of width 16 (0.3 GFLOP per denoiser call and sample, measured in docs/BENCHMARKS.md),
-    800 updates of G_φ and 1000 of ε_θ, 12 h forecasts every 12 h through the test period."""
+    600 updates of G_φ and 800 of ε_θ, 12 h forecasts every 12 h through the test period."""
     c.data.grid_shape = (32, 32)
     c.data.synth.stride = 2
     c.data.synth.hours = 1008  # six weeks: five to train on (816 windows), four days each to validate and to test
@@ -291,8 +291,8 @@ def _demo(c: ml_collections.ConfigDict) -> None:
     for t in (c.training.forecaster, c.training.diffusion):
         t.batch_size, t.warmup_steps = 8, 50
         t.eval_every, t.checkpoint_every, t.eval_batches, t.log_every = 200, 200, 8, 50
-    c.training.forecaster.max_steps = 800
-    c.training.diffusion.max_steps = 1000
+    c.training.forecaster.max_steps = 600
+    c.training.diffusion.max_steps = 800
     c.training.diffusion.learning_rate = 1e-3  # ε_θ learns several times faster than at 2e-4 (docs/TRAINING.md)
     c.sampler.x0_clip = 10.0  # a short-trained ε_θ: keep x̂_0 within ±10 σ (see samplers.clipped_eps)
     c.ensemble.lead_hours = 12
