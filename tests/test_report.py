@@ -36,7 +36,7 @@ def test_report_tables_and_findings(tmp_path):
                         variables=("t2m", "z500", "refc"))
     text = path.read_text()
     assert "| 4 | 1.4 | 2 | 2.7 | 1.12 | 1.6 | 0.5 | 0.5 |" in text  # the t2m row at 4 h, from the CSV
-    assert "**z500** (m2 s-2)" in text or "**z500**" in text
+    assert "**z500** (gpm)" in text  # units from the demo catalogue (hrrr_expanded: geopotential height)
     assert "| 4 | 0.01 | 0.03 | 0.04 | 0.02 | 0.5 | -0.5 |" in text
     assert "t2m +30 %" in text  # RMSE 1.4 vs 2.0
     assert "under-dispersive" in text and "beats climatology" in text

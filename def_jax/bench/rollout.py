@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import platform
 import resource
-import statistics
 import time
 from typing import Any, Callable
 
@@ -27,31 +26,21 @@ import ml_collections
 import numpy as np
 
 from def_jax import parallel
+from def_jax.bench.sampler import _flops
+from def_jax.bench.sampler import _median_seconds as _timed
 from def_jax.diffusion.samplers import make_sampler
 from def_jax.diffusion.schedules import make_schedule
 from def_jax.forecast.rollout import RolloutSpec, guidance_kind, make_rollout, member_keys, perturb
 
 
 def _median(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return _timed(fn, repeats)[0]
 
 
 def _compile(fn, *args) -> tuple[Any, float]:
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     return compiled, time.perf_counter() - t0
-
-
-def _flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", float("nan")))
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -63,29 +52,18 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / _median(lambda: f(a, b), repeats) / 1e9
 
 
-def _channels(cfg):
-    from def_jax.catalogue import load_catalogue
-    from def_jax.data.source import COORD_STATICS, resolve_statics
-    from def_jax.models.networks import Channels
-
-    cat = load_catalogue(cfg.data.catalogue, cfg.data.levels)
-    statics = resolve_statics(cfg.data.statics, cat)
-    n_static = sum(1 if n in COORD_STATICS else cat[n].num_channels for n in statics)
-    return Channels(state=cat.num_channels("state"), forcing=cat.num_channels("forcing"), static=n_static,
-                    time=4 if cfg.data.time_encodings else 0)
-
-
 def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, width: int, repeats: int = 3,
                    lead_steps: int = 2, log: Callable[[str], None] = print) -> dict[str, Any]:
     """See the module docstring. ``batch`` = ensemble members B."""
     from flax import nnx
 
     from def_jax.models.networks import def_condition
+    from def_jax.training.info import config_channels
     from def_jax.training.loop import build_denoiser, build_forecaster, init_params
 
     if cfg.diffusion.mode != "def":
         raise ValueError("bench sampler --eps=unet measures the DEF rollout (config.diffusion.mode = def)")
-    channels = _channels(cfg)
+    channels = config_channels(cfg)
     mesh = parallel.make_mesh(cfg.parallel.data_axis, 1)
     n_data = mesh.shape[parallel.DATA]
     rep = parallel.replicated(mesh)

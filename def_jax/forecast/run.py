@@ -118,6 +118,7 @@ class Forecaster:
         self.guidance = float(e.guidance_scale)
         self._programs: dict[tuple, Callable] = {}
         self.statics = jnp.asarray(self.inputs.statics())
+        self._grid = None
         self.compile_seconds = 0.0
 
     # --- programs ------------------------------------------------------------------------------------------------
@@ -179,9 +180,12 @@ class Forecaster:
         }
 
     def grid(self) -> dict:
-        ds = schema.open_store(self.cfg.data.store)
-        return {"latitude": ds["latitude"].values, "longitude": ds["longitude"].values, "y": ds["y"].values,
-                "x": ds["x"].values, "crs": dict(ds[schema.CRS].attrs)}
+        """The store's coordinates and grid mapping (read once, shared by every cycle's file)."""
+        if self._grid is None:
+            ds = schema.open_store(self.cfg.data.store)
+            self._grid = {"latitude": ds["latitude"].values, "longitude": ds["longitude"].values, "y": ds["y"].values,
+                          "x": ds["x"].values, "crs": dict(ds[schema.CRS].attrs)}
+        return self._grid
 
     def run_cycle(self, init: np.datetime64, out_dir: Path) -> Path:
         cfg = self.cfg

@@ -30,6 +30,7 @@ from def_jax.data.pipeline import make_loader, source_from_config
 from def_jax.data.source import WindowSource
 from def_jax.diffusion.schedules import make_schedule
 from def_jax.errors import UserError
+from def_jax.evaluation import metrics  # pure area weights (no I/O, no models)
 from def_jax.geo import LambertConformal
 from def_jax.models import model_rngs
 from def_jax.models.networks import Channels, Denoiser, Forecaster
@@ -134,10 +135,8 @@ def area_weights(store: str) -> np.ndarray:
         sp = np.atleast_1d(crs["standard_parallel"])
         proj = LambertConformal(float(sp[0]), float(sp[-1]), crs["latitude_of_projection_origin"],
                                 crs["longitude_of_central_meridian"])
-        w = 1.0 / proj.scale_factor(lat) ** 2
-    else:
-        w = np.cos(np.radians(lat))
-    return (w / w.mean()).astype(np.float32)
+        return metrics.lambert_cell_area_weights(lat, proj).astype(np.float32)
+    return metrics.coslat_weights(lat).astype(np.float32)
 
 
 # --- batches -----------------------------------------------------------------------------------------------------

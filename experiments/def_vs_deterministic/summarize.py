@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from def_jax.tuning import summarize
+
 KEYS = [("t2m", None), ("u10", None), ("refc", None), ("cape", None), ("z", 500.0), ("t", 850.0)]
 
 
@@ -73,13 +75,9 @@ def sweep(runs: dict[str, Path], label: str, lead) -> list[str]:
            f"| BSS P(REFC ≥ 35) at {lead} h |", "| ---: | ---: | ---: | ---: | ---: |"]
     for name, run in runs.items():
         df = load(run)
-        ens, det = df[df.system == "def"], df[df.system == "deterministic"]
-        key = ["variable", "level", "lead_hours"]
-        ssr = ens[ens.score == "ssr"].value.to_numpy(float)
-        crps = ens[ens.score == "crps"].set_index(key).value / det[det.score == "mae"].set_index(key).value
-        rmse = ens[ens.score == "rmse"].set_index(key).value / det[det.score == "rmse"].set_index(key).value
-        r = [float(np.exp(np.nanmean(np.log(ssr[ssr > 0])))), float(crps.replace(np.inf, np.nan).mean()),
-             float(rmse.replace(np.inf, np.nan).mean()), value(df, "def", "refc", None, lead, "bss", 35.0)]
+        t = summarize(df)  # the same criteria as `def-jax tune-guidance`
+        r = [t["mean_ssr"], t["crps_over_deterministic_mae"], t["rmse_over_deterministic"],
+             value(df, "def", "refc", None, lead, "bss", 35.0)]
         out.append(f"| {name} | " + " | ".join(fmt(x) for x in r) + " |")
     return out + [""]
 
