@@ -51,6 +51,9 @@ def _denoiser(*args, **kw) -> ml_collections.ConfigDict:
     """The denoiser's U-Net plus ε_θ's own field."""
     c = _unet(*args, **kw)
     c.linear_skip = True  # ε = U-Net + a(τ) x_τ + b(τ) P c (networks.Denoiser): ε keeps every channel's noise
+    # "exact": the skip path is the schedule's (x_τ − α_τ c)/σ_τ with a condition and σ_τ x_τ without (networks.Denoiser);
+    # "learned": a(τ), b(τ), P trained (checkpoints from before this field)
+    c.skip_coefficients = "exact"
     return c
 
 

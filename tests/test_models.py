@@ -146,3 +146,26 @@ def test_denoiser_linear_skip_starts_as_the_plain_network_and_can_express_the_de
     skip.skip_mlp2.bias[...] = jnp.concatenate([jnp.full(5, 1 / s), jnp.full(5, -a / s)])
     skip.unet.conv_out.bias[...] = jnp.zeros_like(skip.unet.conv_out.bias[...])  # the U-Net's output is 0 at init
     np.testing.assert_allclose(skip(x_tau, 500.0, c), eps, rtol=1e-4, atol=1e-4)
+
+
+def test_denoiser_exact_skip_is_the_def_answer_with_a_condition_and_sigma_x_without():
+    """skip_coefficients="exact": with a zero U-Net output, ε_θ(x_τ, τ, c = x_0) is the true ε at every τ (so x̂_0 = c),
+    and with c = ∅ it is σ_τ x_τ; the schedule's α_τ, σ_τ are a float64 NumPy derivation (cosine, Nichol & Dhariwal)."""
+    T, s_off = 1000, 0.008
+    f = lambda n: np.cos((n / T + s_off) / (1 + s_off) * np.pi / 2) ** 2  # noqa: E731
+    taus = np.array([1, 250, 999])
+    alpha_bar = f(taus.astype(np.float64)) / f(0.0)
+    alpha, sigma = np.sqrt(alpha_bar), np.sqrt(1 - alpha_bar)
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 6, 4))
+    eps = jax.random.normal(jax.random.PRNGKey(1), x0.shape)
+    x_tau = alpha[:, None, None, None] * x0 + sigma[:, None, None, None] * eps
+    d = Denoiser(4, 4, TINY, rngs=model_rngs(3), linear_skip=True, skip_coefficients="exact", schedule="cosine",
+                 num_steps=T)
+    for p in (d.unet.conv_out.kernel, d.unet.conv_out.bias):  # the U-Net's output is 0: only the skip path is left
+        p[...] = jnp.zeros_like(p[...])
+    tau = jnp.asarray(taus, jnp.float32)
+    np.testing.assert_allclose(d(x_tau.astype(jnp.float32), tau, x0), eps, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(d(x_tau.astype(jnp.float32), tau, jnp.zeros_like(x0)),
+                               sigma[:, None, None, None] * np.asarray(x_tau), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="exact skip coefficients need DEF's condition"):
+        Denoiser(4, 6, TINY, rngs=model_rngs(3), linear_skip=True, skip_coefficients="exact")

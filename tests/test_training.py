@@ -224,3 +224,17 @@ def test_info_reports_parameters_flops_and_memory(capsys, tmp_path):
     assert report["parameters"] > 1000 and report["gflops_per_forward"] > 0
     assert report["memory_estimate_gb"] > report["memory_static_gb"] > 0 and report["memory_activations_gb"] > 0
     assert report["memory_xla_cpu_gb"] > 0
+
+
+def test_checkpoints_older_than_a_field_match_its_legacy_value():
+    """A denoiser checkpoint written before ``denoiser.skip_coefficients`` existed was a learned skip: it loads with
+    "learned" and is refused, naming the field, with "exact"."""
+    from def_jax.training.checkpoint import config_differences
+
+    fields = ("denoiser.",)
+    saved = {"denoiser": {"linear_skip": True, "base_channels": 16}}
+    learned = {"denoiser": {"linear_skip": True, "base_channels": 16, "skip_coefficients": "learned"}}
+    exact = {"denoiser": {"linear_skip": True, "base_channels": 16, "skip_coefficients": "exact"}}
+    assert config_differences(saved, learned, fields) == []
+    assert config_differences(saved, exact, fields) == ["denoiser.skip_coefficients: 'learned' → 'exact'"]
+    assert config_differences(exact, learned, fields) == ["denoiser.skip_coefficients: 'exact' → 'learned'"]

@@ -265,8 +265,8 @@ class WindowSource:
         i = int(self.starts[index])
         t_sl = slice(i, i + (self.window_length - 1) * self.stride + 1, self.stride)
         y_sl, x_sl = _region_slices(region, self.grid_shape)
-        return (_read_fields(reader.arrays, self.state_fields, t_sl, y_sl, x_sl),
-                _read_fields(reader.arrays, self.forcing_fields, t_sl, y_sl, x_sl))
+        return (read_fields(reader.arrays, self.state_fields, t_sl, y_sl, x_sl),
+                read_fields(reader.arrays, self.forcing_fields, t_sl, y_sl, x_sl))
 
     def read(self, index: int, region: Optional[Region] = None) -> dict[str, np.ndarray]:
         """The normalized sample of window ``index`` (module docstring), on ``region`` = (y0, x0, h, w) or the grid."""
@@ -277,9 +277,9 @@ class WindowSource:
         y_sl, x_sl = _region_slices(region, self.grid_shape)
         out: dict[str, np.ndarray] = {}
         if self.normalization == "global":  # in place: the arrays are ours, and this is the hot loop
-            _normalize_inplace(states, self.state_stats)
+            normalize_inplace(states, self.state_stats)
             if self.forcing_stats is not None:
-                _normalize_inplace(forcings, self.forcing_stats)
+                normalize_inplace(forcings, self.forcing_stats)
         else:
             states, mean, std = norm.spatial_standardize(states)  # mean/std [k+n, 1, 1, Cs]
             forcings = norm.spatial_standardize(forcings)[0] if forcings.shape[-1] else forcings
@@ -322,7 +322,7 @@ def stride_for(dt_hours: Optional[float], store_dt: float, store: str) -> int:
     return int(round(ratio))
 
 
-def _normalize_inplace(x: np.ndarray, stats: norm.ChannelStats) -> None:
+def normalize_inplace(x: np.ndarray, stats: norm.ChannelStats) -> None:
     """:func:`def_jax.data.normalization.normalize` of x [..., C] float32, written into x."""
     np.subtract(x, stats.mean.astype(x.dtype), out=x)
     np.divide(x, stats.std.astype(x.dtype), out=x)
@@ -337,7 +337,7 @@ def _region_slices(region: Optional[Region], grid_shape: tuple[int, int]) -> tup
     return slice(y0, y0 + h), slice(x0, x0 + w)
 
 
-def _read_fields(arrays: dict[str, Any], fields: Sequence[Field], t_sl: slice, y_sl: slice,
+def read_fields(arrays: dict[str, Any], fields: Sequence[Field], t_sl: slice, y_sl: slice,
                  x_sl: slice) -> np.ndarray:
     """Channels of ``fields`` at times ``t_sl`` on the region: [T, h, w, C] float32."""
     n_t = len(range(*t_sl.indices(10**12)))

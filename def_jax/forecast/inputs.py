@@ -15,7 +15,7 @@ import numpy as np
 
 from def_jax.data import normalization as norm
 from def_jax.data import schema
-from def_jax.data.source import WindowSource, _normalize_inplace, _read_fields
+from def_jax.data.source import WindowSource, normalize_inplace, read_fields
 from def_jax.errors import UserError
 
 
@@ -70,7 +70,7 @@ class ForecastInputs:
         stride = int(idx[1] - idx[0]) if len(idx) > 1 else 1
         t_sl = slice(int(idx[0]), int(idx[-1]) + 1, stride)
         h, w = self.grid_shape
-        return _read_fields(self.source.reader().arrays, fields, t_sl, slice(0, h), slice(0, w))  # [T, H, W, C]
+        return read_fields(self.source.reader().arrays, fields, t_sl, slice(0, h), slice(0, w))  # [T, H, W, C]
 
     def check_available(self, init: np.datetime64, steps: int) -> None:
         """Fail before any work if an initial state or a forcing of the whole horizon is missing (names the time)."""
@@ -82,7 +82,7 @@ class ForecastInputs:
         """Normalized states at slots −k+1..0: [k, H, W, C] float32."""
         x = self._read(self.source.state_fields, self.slot_times(init, 1 - self.history, self.history),
                        "an initial state")
-        _normalize_inplace(x, self.source.state_stats)
+        normalize_inplace(x, self.source.state_stats)
         return x
 
     def forcings(self, init: np.datetime64, first: int, count: int) -> np.ndarray:
@@ -90,7 +90,7 @@ class ForecastInputs:
         if not self.source.forcing_fields:
             return np.zeros((count,) + self.grid_shape + (0,), np.float32)
         x = self._read(self.source.forcing_fields, self.slot_times(init, first, count), "forcing")
-        _normalize_inplace(x, self.source.forcing_stats)
+        normalize_inplace(x, self.source.forcing_stats)
         return x
 
     def time_features(self, init: np.datetime64, first: int, count: int) -> np.ndarray:

@@ -119,6 +119,8 @@ class Forecaster:
         self._programs: dict[tuple, Callable] = {}
         self.statics = jnp.asarray(self.inputs.statics())
         self._grid = None
+        self._inputs_cache: dict[tuple, tuple[jax.Array, jax.Array]] = {}
+        self._inputs_init = None
         self.compile_seconds = 0.0
 
     # --- programs ------------------------------------------------------------------------------------------------
@@ -138,12 +140,23 @@ class Forecaster:
             self._programs[key] = build_program(self._spec(lead_steps, deterministic), self.models, self.cfg)
         return self._programs[key]
 
+    def _chunk_inputs(self, init, n0: int, k: int, lead_steps: int) -> tuple[jax.Array, jax.Array]:
+        """Forcings [k+L−1, H, W, C_f] and time features [k+L, F] of a lead chunk, read once per cycle and shared by
+        every member chunk (the cache holds the current cycle only)."""
+        key = (np.datetime64(init, "ns"), int(n0), int(k), int(lead_steps))
+        if key[0] != self._inputs_init:
+            self._inputs_cache, self._inputs_init = {}, key[0]
+        if key not in self._inputs_cache:
+            forcings = self.inputs.forcings(init, n0 - k + 1, k + lead_steps - 1)  # [k+L−1, H, W, C_f]
+            tf = self.inputs.time_features(init, n0 - k + 1, k + lead_steps)  # [k+L, F]
+            self._inputs_cache[key] = (jnp.asarray(forcings), jnp.asarray(tf))
+        return self._inputs_cache[key]
+
     def run_chunk(self, states: jax.Array, member_ids: np.ndarray, base_key, init, n0: int, lead_steps: int,
                   deterministic: bool = False) -> tuple[jax.Array, np.ndarray]:
         """One call: states [b, k, H, W, C] → (states', outputs [L, b, H, W, C] normalized, on the host)."""
         k = states.shape[1]
-        forcings = self.inputs.forcings(init, n0 - k + 1, k + lead_steps - 1)  # [k+L−1, H, W, C_f]
-        tf = self.inputs.time_features(init, n0 - k + 1, k + lead_steps)  # [k+L, F]
+        forcings, tf = self._chunk_inputs(init, n0, k, lead_steps)
         sharding = parallel.leading_sharding(self.mesh) if not deterministic else parallel.replicated(self.mesh)
         states = jax.device_put(states, sharding)
         ids = jax.device_put(jnp.asarray(member_ids, jnp.int32), sharding)
@@ -151,7 +164,7 @@ class Forecaster:
         d = self.models.denoiser[1] if self.models.denoiser and not deterministic else None
         program = self.program(lead_steps, deterministic)
         t0 = time.perf_counter()
-        states, out = program(f, d, states, ids, base_key, jnp.int32(n0), jnp.asarray(forcings), jnp.asarray(tf),
+        states, out = program(f, d, states, ids, base_key, jnp.int32(n0), forcings, tf,
                               self.statics, jnp.float32(self.guidance))
         out = np.asarray(jax.device_get(out))  # [L, b, H, W, C]
         self.last_call_seconds = time.perf_counter() - t0

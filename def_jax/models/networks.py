@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from def_jax.diffusion.schedules import make_schedule
 from def_jax.models.layers import timestep_embedding
 from def_jax.models.unet import UNet, UNetConfig
 
@@ -112,15 +113,34 @@ class Denoiser(nnx.Module):
     path with a = 1/σ_τ, b = −α_τ/σ_τ, P = I, so the network only has to learn the rest. Without it, the U-Net must
     carry all C_s independent noise channels through its first level: a width below C_s (the demo's 16 against 73
     channels) cannot represent ε, and the ε-loss stalls near 0.85 (docs/TRAINING.md).
+
+    ``skip_coefficients="exact"`` (DEF mode, C_c = C_s) replaces the learned a, b, P by the schedule's values, per
+    sample, and gives the null condition its own linear path:
+
+        ε = U-Net(concat(c, x_τ), τ) + (x_τ − α_τ c)/σ_τ   where c is a state,
+        ε = U-Net(concat(∅, x_τ), τ) + σ_τ x_τ             where c = ∅ (all zeros, as in training and guidance),
+
+    the first being the exact solution of DEF's objective (c = x_0) and the second the best linear ε-estimate for
+    zero-mean, unit-variance data (E[ε | x_τ] = σ_τ x_τ). The learned a(τ) must reach 1/σ_τ ≈ 155 at τ = 1 and is
+    shared by both cases; on the demo its unconditional ε-loss stayed above 1 (worse than predicting 0) for τ ≤ 250
+    (experiments/def_vs_deterministic/denoiser_check.py).
     """
 
     def __init__(self, state_channels: int, condition_channels: int, config: UNetConfig, *, rngs: nnx.Rngs,
-                 linear_skip: bool = False):
+                 linear_skip: bool = False, skip_coefficients: str = "learned", schedule: str = "cosine",
+                 num_steps: int = 1000):
+        if skip_coefficients not in ("learned", "exact"):
+            raise ValueError(f"skip_coefficients {skip_coefficients!r}: expected 'learned' or 'exact'")
+        self.exact_skip = bool(linear_skip) and skip_coefficients == "exact"
+        if self.exact_skip and condition_channels != state_channels:
+            raise ValueError(f"exact skip coefficients need DEF's condition (the state, {state_channels} channels); "
+                             f"got {condition_channels} condition channels")
+        self.schedule_spec = (str(schedule), int(num_steps))  # static: rebuilt when traced
         self.condition_channels = condition_channels
         self.unet = UNet(condition_channels + state_channels, state_channels, config, time_conditioned=True,
                          rngs=rngs)
         self.linear_skip = linear_skip
-        if linear_skip:
+        if linear_skip and not self.exact_skip:
             e = config.time_embedding_dim
             self.skip_mlp1 = nnx.Linear(e, e, rngs=rngs)
             self.skip_mlp2 = nnx.Linear(e, 2 * state_channels, kernel_init=nnx.initializers.zeros, rngs=rngs)
@@ -137,8 +157,19 @@ class Denoiser(nnx.Module):
                         deterministic=deterministic, rngs=rngs)  # [B, H, W, C_s]
         if not self.linear_skip:
             return eps
+        if self.exact_skip:
+            return eps + self._exact_skip(x_tau.astype(jnp.float32), tau, condition.astype(jnp.float32))
         b, c_s = x_tau.shape[0], x_tau.shape[-1]
         t = jnp.broadcast_to(jnp.asarray(tau, jnp.float32), (b,))
         ab = self.skip_mlp2(jax.nn.silu(self.skip_mlp1(timestep_embedding(t, self.skip_mlp1.in_features))))  # [B, 2C]
         a, bb = ab[:, None, None, :c_s], ab[:, None, None, c_s:]
         return eps + a * x_tau.astype(jnp.float32) + bb * self.skip_cond(condition.astype(jnp.float32))
+
+    def _exact_skip(self, x_tau: jax.Array, tau: jax.Array, condition: jax.Array) -> jax.Array:
+        """(x_τ − α_τ c)/σ_τ where the condition is a state, σ_τ x_τ where it is ∅: [B, H, W, C_s]."""
+        schedule = make_schedule(*self.schedule_spec)
+        t = jnp.broadcast_to(jnp.asarray(tau, jnp.float32), (x_tau.shape[0],)) / schedule.num_steps  # [B]
+        alpha = schedule.marginal_alpha(t).astype(jnp.float32)[:, None, None, None]  # [B, 1, 1, 1]
+        sigma = schedule.marginal_std(t).astype(jnp.float32)[:, None, None, None]
+        has_condition = jnp.any(condition != 0, axis=(1, 2, 3), keepdims=True)  # [B, 1, 1, 1]
+        return jnp.where(has_condition, (x_tau - alpha * condition) / sigma, sigma * x_tau)

@@ -36,6 +36,10 @@ ARCHITECTURE_FIELDS = {
                   "data.normalization", "data.statics", "data.time_encodings", "data.levels"),
 }
 
+# Fields added after checkpoints were first written, with the behaviour of a checkpoint that predates them: such a
+# checkpoint matches a config that sets the field to this value.
+LEGACY_DEFAULTS = {"denoiser.skip_coefficients": "learned"}
+
 
 def config_dict(cfg: Any) -> dict:
     """A JSON-able dict of an ml_collections config (tuples become lists)."""
@@ -55,6 +59,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: dict, current: dict, fields: tuple[str, ...]) -> list[str]:
     """``field: saved → current`` for every differing field that starts with one of ``fields``."""
     a, b = _flatten(saved), _flatten(current)
+    a = {**{k: v for k, v in LEGACY_DEFAULTS.items() if a}, **a}  # a checkpoint from before the field existed
     keys = sorted(k for k in set(a) | set(b) if any(k == f or k.startswith(f) for f in fields))
     return [f"{k}: {a.get(k, '<absent>')!r} → {b.get(k, '<absent>')!r}" for k in keys if a.get(k) != b.get(k)]
 

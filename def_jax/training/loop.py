@@ -69,7 +69,9 @@ def denoiser_condition_channels(cfg: Any, channels: Channels) -> int:
 def build_denoiser(cfg: Any, channels: Channels, seed: int) -> nnx.Module:
     return Denoiser(channels.state, denoiser_condition_channels(cfg, channels),
                     UNetConfig.from_config(cfg.denoiser), rngs=model_rngs(seed),
-                    linear_skip=bool(cfg.denoiser.linear_skip))
+                    linear_skip=bool(cfg.denoiser.linear_skip),
+                    skip_coefficients=str(cfg.denoiser.get("skip_coefficients", "learned")),
+                    schedule=cfg.diffusion.schedule, num_steps=int(cfg.diffusion.num_steps))
 
 
 def training_objective(kind: str, cfg: Any, graphdef: nnx.GraphDef, forecaster_graphdef: Optional[nnx.GraphDef], *,
