@@ -228,6 +228,7 @@ def _hrrr_4090(c: ml_collections.ConfigDict) -> None:
     c.denoiser = _denoiser(64, (1, 2, 4, 4), attention_levels=(3,))
     c.denoiser.remat = True
     c.diffusion.mode = "direct"  # seed 2: sample X_{t+1} conditioned on the past 4 hours
+    c.denoiser.skip_coefficients = "learned"  # the exact path is DEF mode's (the condition is the state)
     for t in (c.training.forecaster, c.training.diffusion):
         t.batch_size, t.grad_accum = 1, 1
     _bf16(c)
@@ -244,6 +245,7 @@ def _hrrr_production(c: ml_collections.ConfigDict) -> None:
     c.forecaster.predict_increment = True
     c.denoiser = _denoiser(256, (1, 2, 2, 4), attention_levels=(2, 3))
     c.diffusion.mode = "direct"
+    c.denoiser.skip_coefficients = "learned"  # the exact path is DEF mode's (the condition is the state)
     for t in (c.training.forecaster, c.training.diffusion):
         t.batch_size, t.grad_accum = 1, 1  # global batch per micro-step (set it to the data-parallel devices × 1)
     _bf16(c)

@@ -88,6 +88,7 @@ _CHOICES: dict[str, tuple] = {
     "data.normalization": ("global", "per_sample"),
     "diffusion.schedule": SCHEDULES,
     "diffusion.mode": ("def", "direct"),
+    "denoiser.skip_coefficients": ("learned", "exact"),
     "sampler.name": SAMPLERS,
     "sampler.method": ("multistep", "singlestep"),
     "sampler.spacing": SPACINGS,
@@ -184,6 +185,9 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         bad = [lvl for lvl in cfg[name].attention_levels if not 0 <= lvl < levels]
         if bad:
             raise ConfigError(f"{name}.attention_levels", f"levels {bad} do not exist (channel_mults has {levels})")
+    if cfg.denoiser.skip_coefficients == "exact" and cfg.denoiser.linear_skip and cfg.diffusion.mode != "def":
+        raise ConfigError("denoiser.skip_coefficients", "'exact' is DEF's answer for a condition that is the state; "
+                          f"diffusion.mode={cfg.diffusion.mode!r} needs 'learned'")
     lead, dt = cfg.ensemble.lead_hours, cfg.data.dt_hours
     if lead % dt:
         raise ConfigError("ensemble.lead_hours", f"must be a multiple of data.dt_hours={dt}; got {lead}")

@@ -183,7 +183,7 @@ def write_report(workdir: Path, cfg, inits: Sequence[np.datetime64], figures: Se
            f"{val['forecaster'][-1]['persistence_mse']:.4f} (normalized units)" if val["forecaster"] else "") + ".",
         f"- ε_θ: U-Net width {cfg.denoiser.base_channels}, {cfg.diffusion.schedule} schedule, T = "
         f"{cfg.diffusion.num_steps}, p_uncond = {cfg.diffusion.p_uncond}, p_advance = {cfg.diffusion.p_advance}, "
-        f"{_steps(workdir, 'diffusion', t.diffusion.max_steps)} updates" + (f"; validation ε-loss {val['diffusion'][-1]['loss']:.3f}"
+        f"{_steps(workdir, 'diffusion', t.diffusion.max_steps)} updates" + (f"; validation ε-loss {val['diffusion'][-1]['loss']:.3g}"
                                                if val["diffusion"] else "") + ".",
         f"- Ensemble: B = {e.members} members, K = {e.walks} walks per hour, λ = {e.guidance_scale}, {s.name} "
         f"(order {s.order}, {s.method}) with S = {s.steps} steps; {len(inits)} cycles from {str(inits[0])[:13]} to "
@@ -191,7 +191,8 @@ def write_report(workdir: Path, cfg, inits: Sequence[np.datetime64], figures: Se
         f"- Scores: `evaluation/scores.csv` (all variables, levels, leads and scores), area weighting "
         f"{cfg.evaluation.area_weighting}; persistence = the initial state, climatology = the training-period mean "
         f"(and base rate for events).",
-        f"- The whole demo took {minutes:.1f} minutes.", "", "## Results", "",
+        f"- This run of the demo took {minutes:.1f} minutes (a rerun reuses the stages an earlier run finished).", "",
+        "## Results", "",
     ]
     units = {v.name: v.units or "1" for v in cat}
     for key in variables:

@@ -64,6 +64,8 @@ def test_unknown_variant():
         ("ensemble.lead_hours", 7, "config.ensemble.lead_hours"),
         ("denoiser.attention_levels", (5,), "config.denoiser.attention_levels"),
         ("data.normalization", "minmax", "config.data.normalization"),
+        ("denoiser.skip_coefficients", "fixed", "config.denoiser.skip_coefficients: must be one of learned, exact"),
+        ("diffusion.mode", "direct", "config.denoiser.skip_coefficients: 'exact' is DEF's answer"),
     ],
 )
 def test_invalid_values_are_named(field, value, message):

@@ -207,6 +207,7 @@ def test_direct_mode_forecast(mini_store, trained_workdir, tmp_path):
     shutil.copytree(workdir / "forecaster", tmp_path / "forecaster")
     cfg = config(mini_store, members=2, lead_hours=2)
     cfg.diffusion.mode, cfg.diffusion.direct_history, cfg.diffusion.direct_residual = "direct", 2, True
+    cfg.denoiser.skip_coefficients = "learned"
     t = cfg.training.diffusion
     t.max_steps, t.eval_batches, t.checkpoint_every, t.log_every = 3, 0, 3, 3
     cfg.training.tensorboard = False

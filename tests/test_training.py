@@ -80,7 +80,7 @@ def test_sharded_sgd_equals_one_device(sgd_run, mesh_shape):
 
 
 def test_short_training_learns(trained_workdir):
-    """G_φ beats persistence on validation and ε_θ's loss falls below its initial value (~1), in 30 steps each."""
+    """G_φ beats persistence on validation and ε_θ's validation loss falls, in 30 steps each."""
     tmp_path, summaries = trained_workdir
     summary = summaries["forecaster"]
     val = [r for r in read_metrics(tmp_path / "forecaster") if r["split"] == "val"]
@@ -93,10 +93,10 @@ def test_short_training_learns(trained_workdir):
     assert summaries["diffusion"]["step"] == 30
     records = read_metrics(tmp_path / "diffusion")
     first = np.mean([r["loss"] for r in records if r["split"] == "train"][:3])
-    last = np.mean([r["loss"] for r in records if r["split"] == "train"][-5:])
     val = [r["loss"] for r in records if r["split"] == "val"]
-    # ε-prediction starts at E‖ε‖² = 1 (zero-initialized output); 30 small steps must already take it down.
-    assert first > 0.97 and last < first - 0.03 and val[-1] < val[0] < 0.99, (first, last, val)
+    # A plain ε-network starts at E‖ε‖² = 1 (zero-initialized output); with the exact skip the conditional samples
+    # start at the DEF answer, so only the unconditional ones (p_uncond) carry loss; validation falls in 30 steps.
+    assert first < 0.5 and val[-1] < val[0] < 0.5, (first, val)
 
 
 def test_checkpoint_config_mismatch_is_named(mini_store, trained_workdir):

@@ -82,14 +82,33 @@ def sweep(runs: dict[str, Path], label: str, lead) -> list[str]:
     return out + [""]
 
 
+def tuned_scales(root: Path) -> dict[str, float]:
+    """From ``def-jax tune-guidance``'s table (if the study ran it): λ with spread/skill nearest 1 (its choice) and
+    λ with the lowest CRPS relative to the deterministic MAE."""
+    table = root / "tuning" / "tuning.csv"
+    if not table.exists():
+        return {}
+    t = pd.read_csv(table).dropna(subset=["mean_abs_log_ssr"])
+    ssr = t.sort_values(["mean_abs_log_ssr", "crps_over_deterministic_mae"]).iloc[0].guidance_scale
+    crps = t.sort_values(["crps_over_deterministic_mae", "mean_abs_log_ssr"]).iloc[0].guidance_scale
+    return {"spread/skill nearest 1 on validation": float(ssr), "lowest validation CRPS": float(crps)}
+
+
 def main(root: Path) -> None:
     main_run = root / "lambda0.5"
     df = load(main_run)
     leads = sorted(int(x) for x in df.lead_hours.unique())
     shown = sorted({1, 3, 6, 9, leads[-1]} & set(leads))
-    print("### Per lead time (λ = 0.5, K = 2)\n")
-    print("\n".join(per_lead(df, shown)))
-    print("\n".join(reliability(main_run, leads[-1])))
+    labels: dict[float, list[str]] = {0.5: ["the authors' default"]}
+    for why, lam in tuned_scales(root).items():
+        labels.setdefault(lam, []).append(why)
+    runs = [(f"{lam:g}: {', '.join(why)}", root / f"lambda{lam:.1f}") for lam, why in labels.items()]  # lambda0.7
+    for label, run in runs:
+        if not (run / "evaluation").exists():
+            continue
+        print(f"### Per lead time (λ = {label}; K = 2)\n")
+        print("\n".join(per_lead(load(run), shown)))
+        print("\n".join(reliability(run, leads[-1])))
     print("### Guidance-scale sweep (K = 2)\n")
     print("\n".join(sweep({f"λ = {p.name[6:]}": p for p in sorted(root.glob("lambda*")) if (p / "evaluation").exists()},
                           "λ", leads[-1])))
