@@ -119,8 +119,7 @@ class Forecaster:
         self._programs: dict[tuple, Callable] = {}
         self.statics = jnp.asarray(self.inputs.statics())
         self._grid = None
-        self._inputs_cache: dict[tuple, tuple[jax.Array, jax.Array]] = {}
-        self._inputs_init = None
+        self._inputs_cache: dict[tuple, tuple[jax.Array, jax.Array]] = {}  # this cycle's, by (init, n0, k, L)
         self.compile_seconds = 0.0
 
     # --- programs ------------------------------------------------------------------------------------------------
@@ -142,10 +141,8 @@ class Forecaster:
 
     def _chunk_inputs(self, init, n0: int, k: int, lead_steps: int) -> tuple[jax.Array, jax.Array]:
         """Forcings [k+L−1, H, W, C_f] and time features [k+L, F] of a lead chunk, read once per cycle and shared by
-        every member chunk (the cache holds the current cycle only)."""
+        every member chunk (``run_cycle`` empties the cache)."""
         key = (np.datetime64(init, "ns"), int(n0), int(k), int(lead_steps))
-        if key[0] != self._inputs_init:
-            self._inputs_cache, self._inputs_init = {}, key[0]
         if key not in self._inputs_cache:
             forcings = self.inputs.forcings(init, n0 - k + 1, k + lead_steps - 1)  # [k+L−1, H, W, C_f]
             tf = self.inputs.time_features(init, n0 - k + 1, k + lead_steps)  # [k+L, F]
@@ -204,6 +201,7 @@ class Forecaster:
         cfg = self.cfg
         init = np.datetime64(init, "ns")
         path = Path(out_dir) / forecast_filename(init)
+        self._inputs_cache.clear()  # forcings of the previous cycle
         self.inputs.check_available(init, self.steps)  # fails early, naming the time, if anything is unwritten
         initial = self.inputs.initial_states(init)  # [k, H, W, C]
         lead_hours = self.dt * (1 + np.arange(self.steps))
