@@ -46,11 +46,12 @@ def config_dict(cfg: Any) -> dict:
     return json.loads(cfg.to_json_best_effort())
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten_config(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``: a nested config dict by dotted field name."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_config(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -58,7 +59,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def config_differences(saved: dict, current: dict, fields: tuple[str, ...]) -> list[str]:
     """``field: saved → current`` for every differing field that starts with one of ``fields``."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten_config(saved), flatten_config(current)
     a = {**{k: v for k, v in LEGACY_DEFAULTS.items() if a}, **a}  # a checkpoint from before the field existed
     keys = sorted(k for k in set(a) | set(b) if any(k == f or k.startswith(f) for f in fields))
     return [f"{k}: {a.get(k, '<absent>')!r} → {b.get(k, '<absent>')!r}" for k in keys if a.get(k) != b.get(k)]

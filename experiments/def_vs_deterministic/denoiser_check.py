@@ -32,9 +32,27 @@ from def_jax.diffusion.schedules import make_schedule
 from def_jax.forecast.inputs import ForecastInputs
 from def_jax.forecast.rollout import RolloutSpec, member_keys, perturb
 from def_jax.forecast.run import load_models
+from def_jax.training.checkpoint import LEGACY_DEFAULTS, flatten_config
 from def_jax.tuning import validation_inits
 
 TAUS = (1, 10, 50, 100, 250, 500, 750, 900, 1000)
+
+
+def trained_config(path: Path):
+    """The demo preset with every field the trained ε_θ's run saved (``config.json``) put over it, so the check
+    builds the network, schedule and sampler that run used; a checkpoint from before a field existed gets the field's
+    legacy value (checkpoint.LEGACY_DEFAULTS)."""
+    cfg = get_config("demo")
+    saved = {**LEGACY_DEFAULTS, **flatten_config(json.loads(path.read_text()))}
+    with cfg.unlocked():
+        for name, value in saved.items():
+            *parents, leaf = name.split(".")
+            node = cfg
+            for p in parents:
+                node = node[p]
+            old = node.get(leaf)
+            node[leaf] = tuple(value) if isinstance(old, tuple) else value  # JSON turned tuples into lists
+    return cfg
 
 
 def main() -> None:
@@ -46,10 +64,8 @@ def main() -> None:
     ap.add_argument("--states", type=int, default=8, help="validation states, 12 h apart")
     args = ap.parse_args()
 
-    cfg = get_config("demo")
+    cfg = trained_config(args.workdir / "diffusion" / "config.json")
     cfg.data.store = str(args.store)
-    saved = json.loads((args.workdir / "diffusion" / "config.json").read_text())["denoiser"]
-    cfg.denoiser.skip_coefficients = saved.get("skip_coefficients", "learned")  # the trained ε_θ's form
     cfg.ensemble.walks = 1
     cfg.ensemble.include_deterministic = False
     inputs = ForecastInputs(cfg.data.store, cfg.data, int(cfg.data.history))
