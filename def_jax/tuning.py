@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -61,6 +61,19 @@ def summarize(scores: pd.DataFrame) -> dict[str, float]:
             "rmse_over_deterministic": float(r_ratio.mean()) if len(r_ratio) else float("nan")}
 
 
+def pick_best(rows: Sequence[dict], by: str = "spread_skill") -> Optional[dict]:
+    """The chosen row of a tuning table (rows with COLUMNS' fields): by ``"spread_skill"`` the smallest mean |log SSR|
+    (ties: the lower CRPS / deterministic MAE), by ``"crps"`` the lowest CRPS / deterministic MAE (ties: |log SSR|);
+    None if no row has a finite spread/skill ratio."""
+    keys = {"spread_skill": ("mean_abs_log_ssr", "crps_over_deterministic_mae"),
+            "crps": ("crps_over_deterministic_mae", "mean_abs_log_ssr")}
+    if by not in keys:
+        raise ValueError(f"pick_best: by={by!r}, expected one of {sorted(keys)}")
+    order = keys[by]
+    finite = [r for r in rows if np.isfinite(r["mean_abs_log_ssr"])]
+    return min(finite, key=lambda r: tuple(r[k] for k in order)) if finite else None
+
+
 def tune_guidance(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[float], walks: Sequence[int],
                   every_hours: float = 12.0, max_cycles: int = 4, log: Callable[[str], None] = print) -> dict:
     """Run the grid (module docstring); return ``{"rows": [...], "best": row, "table": path}``."""
@@ -86,10 +99,9 @@ def tune_guidance(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[fl
             log(f"  spread/skill {row['mean_ssr']:.3f} (mean |log SSR| {row['mean_abs_log_ssr']:.3f}), CRPS / "
                 f"deterministic MAE {row['crps_over_deterministic_mae']:.3f}")
             rows.append(row)
-    finite = [r for r in rows if np.isfinite(r["mean_abs_log_ssr"])]
-    if not finite:
+    best = pick_best(rows)
+    if best is None:
         raise UserError("tune-guidance: no setting produced a finite spread/skill ratio (are there ≥ 2 members?)")
-    best = min(finite, key=lambda r: (r["mean_abs_log_ssr"], r["crps_over_deterministic_mae"]))
     table = out_dir / "tuning.csv"
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = table.with_name(".tuning.csv.tmp")

@@ -238,3 +238,17 @@ def test_tune_guidance_picks_the_best_calibrated_setting(mini_store, trained_wor
     assert (table.mean_ssr > 0).all() and np.isfinite(table.crps_over_deterministic_mae).all()
     inits = sorted(p.name for p in (tmp_path / "K1_lambda0.2" / "forecasts").glob("*.nc"))
     assert inits == ["forecast_20240602T16.nc", "forecast_20240602T20.nc"]  # data.val_period 2024-06-02T16–T23
+
+
+def test_pick_best_orders_by_spread_skill_or_by_crps():
+    """tune-guidance's choice (|log SSR| first) and the lowest-CRPS alternative; rows without a finite SSR never win."""
+    from def_jax.tuning import pick_best
+
+    nan = float("nan")
+    rows = [{"guidance_scale": 0.3, "mean_abs_log_ssr": 0.2, "crps_over_deterministic_mae": 1.8},
+            {"guidance_scale": 0.7, "mean_abs_log_ssr": 0.5, "crps_over_deterministic_mae": 0.8},
+            {"guidance_scale": 1.0, "mean_abs_log_ssr": nan, "crps_over_deterministic_mae": 0.1},
+            {"guidance_scale": 0.5, "mean_abs_log_ssr": 0.2, "crps_over_deterministic_mae": 1.2}]
+    assert pick_best(rows)["guidance_scale"] == 0.5  # ties on |log SSR| go to the lower CRPS
+    assert pick_best(rows, "crps")["guidance_scale"] == 0.7
+    assert pick_best([rows[2]]) is None

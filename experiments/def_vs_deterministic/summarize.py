@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from def_jax.tuning import summarize
+from def_jax.tuning import pick_best, summarize
 
 KEYS = [("t2m", None), ("u10", None), ("refc", None), ("cape", None), ("z", 500.0), ("t", 850.0)]
 
@@ -88,10 +88,12 @@ def tuned_scales(root: Path) -> dict[str, float]:
     table = root / "tuning" / "tuning.csv"
     if not table.exists():
         return {}
-    t = pd.read_csv(table).dropna(subset=["mean_abs_log_ssr"])
-    ssr = t.sort_values(["mean_abs_log_ssr", "crps_over_deterministic_mae"]).iloc[0].guidance_scale
-    crps = t.sort_values(["crps_over_deterministic_mae", "mean_abs_log_ssr"]).iloc[0].guidance_scale
-    return {"spread/skill nearest 1 on validation": float(ssr), "lowest validation CRPS": float(crps)}
+    rows = pd.read_csv(table).to_dict("records")
+    ssr, crps = pick_best(rows, "spread_skill"), pick_best(rows, "crps")
+    if ssr is None:
+        return {}
+    return {"spread/skill nearest 1 on validation": float(ssr["guidance_scale"]),
+            "lowest validation CRPS": float(crps["guidance_scale"])}
 
 
 def main(root: Path) -> None:
