@@ -61,12 +61,13 @@ def score_table(df: pd.DataFrame, key: str, leads: Sequence[int], units: str, le
 
 def storm_table(df: pd.DataFrame, leads: Sequence[int], threshold: float) -> list[str]:
     rows = [f"**P(REFC ≥ {threshold:g} dBZ)**", "",
-            "| lead (h) | Brier DEF | Brier deterministic | Brier persistence | Brier climatology | BSS DEF | "
-            "BSS deterministic | CSI DEF | FSS DEF (9 points) |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "| lead (h) | observed frequency | Brier DEF | Brier deterministic | Brier persistence | "
+            "Brier climatology | BSS DEF | BSS deterministic | CSI DEF | FSS DEF (9 points) |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for lead in leads:
-        r = [_val(df, s, "refc", None, lead, "brier", threshold)
-             for s in ("def", "deterministic", "persistence", "climatology")]
+        r = [_val(df, "def", "refc", None, lead, "observed_frequency", threshold)]
+        r += [_val(df, s, "refc", None, lead, "brier", threshold)
+              for s in ("def", "deterministic", "persistence", "climatology")]
         r += [_val(df, "def", "refc", None, lead, "bss", threshold),
               _val(df, "deterministic", "refc", None, lead, "bss", threshold),
               _val(df, "def", "refc", None, lead, "csi", threshold)]
@@ -133,11 +134,18 @@ def findings(df: pd.DataFrame, keys: Sequence[str], leads: Sequence[int], levels
         out.append(text)
     bss = _val(df, "def", "refc", None, last, "bss", threshold)
     bss_det = _val(df, "deterministic", "refc", None, last, "bss", threshold)
+    observed = _val(df, "def", "refc", None, last, "observed_frequency", threshold)
+    event = f"REFC ≥ {threshold:g} dBZ"
     if np.isfinite(bss):
         verdict = "beats" if bss > 0 else "does not beat"
-        out.append(f"- **Storms**: the DEF probability of REFC ≥ {threshold:g} dBZ at {last} h has a Brier skill "
-                   f"score of {bss:.2f} against the training-period base rate ({verdict} climatology), against "
-                   f"{_fmt(bss_det, 2)} for the deterministic yes/no forecast.")
+        out.append(f"- **Storms**: {event} covered {100 * observed:.2g} % of the points at {last} h in the test "
+                   f"cycles. The DEF probability of it has a Brier skill score of {_fmt(bss, 2)} against the "
+                   f"training-period base rate ({verdict} climatology), against {_fmt(bss_det, 2)} for the "
+                   f"deterministic yes/no forecast.")
+    elif observed == 0:
+        out.append(f"- **Storms**: no {event} was observed at {last} h in the test cycles, so the Brier skill score "
+                   f"is undefined there (any forecast that never predicts the event would score 1); the leads "
+                   f"with storms are in the table above.")
     return out
 
 

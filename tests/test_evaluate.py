@@ -290,7 +290,11 @@ def test_aggregation_equals_the_pooled_computation(store, tmp_path):
                 assert got(score="brier", threshold=t) == pytest.approx(brier, rel=1e-5)
                 base = float(np.sum((train >= thr) * w) / (12 * w.sum()))
                 ref = wmean((base - obs) ** 2)
-                assert got(score="bss", threshold=t) == pytest.approx(1 - brier / ref, rel=1e-5)
+                assert got(score="observed_frequency", threshold=t) == pytest.approx(wmean(obs), rel=1e-5)
+                if obs.any():
+                    assert got(score="bss", threshold=t) == pytest.approx(1 - brier / ref, rel=1e-5)
+                else:  # no event observed: the BSS is undefined, not the 1 of a forecast that never gives it
+                    assert np.isnan(got(score="bss", threshold=t))
                 assert value(scores, system="climatology", variable="refc", lead_hours=lead, score="brier",
                              threshold=t) == pytest.approx(ref, rel=1e-5)
                 yes, ev = prob >= 0.5, obs > 0.5
@@ -336,3 +340,23 @@ def test_bad_files_raise_user_errors_naming_them(store, tmp_path):
     assert not (tmp_path / "eval" / "scores.csv").exists()
     with pytest.raises(UserError, match="area_weighting"):
         evaluate([good], store, tmp_path / "eval", config=eval_config("equal_area"), log=QUIET)
+
+
+def test_brier_skill_is_undefined_where_no_event_was_observed():
+    """scores.csv rows from pooled Brier sums [Σ w (p − o)², Σ w, Σ w (p_clim − o)², Σ w o]: a forecast that never
+    gives the event scores BS = 0 where none happened, which would read BSS = 1 against climatology's p_clim² > 0."""
+    from types import SimpleNamespace
+
+    from def_jax.evaluation.tables import Accumulator, score_rows
+
+    acc = Accumulator()
+    p_clim = 0.05
+    acc.add(("def", "refc", None, 1, "brier", 35.0, None), [0.0, 100.0, 100 * p_clim ** 2, 0.0])  # no event
+    acc.add(("def", "refc", None, 2, "brier", 35.0, None), [4.0, 100.0, 8.0, 10.0])  # 10 % of the points
+    acc.add(("def", "refc", None, 2, "brier", 35.0, None), [1.0, 100.0, 2.0, 0.0])  # a second cycle, no event
+    rows = score_rows(acc, SimpleNamespace(fair_crps=True, weighting="uniform"), {"refc": 0})
+    got = {(r[3], r[4]): (float(r[7]), r[8]) for r in rows}
+    assert got[(1, "brier")] == (0.0, 1) and got[(1, "observed_frequency")] == (0.0, 1)
+    assert np.isnan(got[(1, "bss")][0])
+    assert got[(2, "observed_frequency")] == (pytest.approx(10 / 200), 2)
+    assert got[(2, "brier")][0] == pytest.approx(5 / 200) and got[(2, "bss")][0] == pytest.approx(1 - 5 / 10)

@@ -7,7 +7,7 @@ from configs.presets import get_config
 from def_jax.report import write_report
 
 
-def scores(tmp_path):
+def scores(tmp_path, storms_at_last_lead: bool = True):
     rows = []
     for lead in (1, 2, 3, 4):
         for system, rmse in (("def", 1.0 + 0.1 * lead), ("deterministic", 1.2 + 0.2 * lead),
@@ -19,8 +19,10 @@ def scores(tmp_path):
         rows.append(("def", "z", 500.0, lead, "rmse", None, None, 10.0))
         for system, b in (("def", 0.01), ("deterministic", 0.03), ("persistence", 0.04), ("climatology", 0.02)):
             rows.append((system, "refc", None, lead, "brier", 35.0, None, b))
-        rows.append(("def", "refc", None, lead, "bss", 35.0, None, 0.5))
-        rows.append(("deterministic", "refc", None, lead, "bss", 35.0, None, -0.5))
+        storms = storms_at_last_lead or lead < 4
+        rows.append(("def", "refc", None, lead, "observed_frequency", 35.0, None, 0.02 if storms else 0.0))
+        rows.append(("def", "refc", None, lead, "bss", 35.0, None, 0.5 if storms else np.nan))
+        rows.append(("deterministic", "refc", None, lead, "bss", 35.0, None, -0.5 if storms else np.nan))
     df = pd.DataFrame(rows, columns=["system", "variable", "level", "lead_hours", "score", "threshold", "window",
                                      "value"])
     (tmp_path / "evaluation").mkdir()
@@ -37,7 +39,18 @@ def test_report_tables_and_findings(tmp_path):
     text = path.read_text()
     assert "| 4 | 1.4 | 2 | 2.7 | 1.12 | 1.6 | 0.5 | 0.5 |" in text  # the t2m row at 4 h, from the CSV
     assert "**z500** (gpm)" in text  # units from the demo catalogue (hrrr_expanded: geopotential height)
-    assert "| 4 | 0.01 | 0.03 | 0.04 | 0.02 | 0.5 | -0.5 |" in text
+    assert "| 4 | 0.02 | 0.01 | 0.03 | 0.04 | 0.02 | 0.5 | -0.5 |" in text  # observed frequency, Brier, BSS
     assert "t2m +30 %" in text  # RMSE 1.4 vs 2.0
     assert "under-dispersive" in text and "beats climatology" in text
+    assert "covered 2 % of the points at 4 h" in text
     assert "![crps_t2m](plots/crps_t2m.png)" in text and "1.5 minutes" in text
+
+
+def test_report_says_when_no_storm_was_observed(tmp_path):
+    """No event at the last lead: the BSS is undefined (NaN in scores.csv); the report says so instead of a skill."""
+    scores(tmp_path, storms_at_last_lead=False)
+    path = write_report(tmp_path, get_config("demo"), [np.datetime64("2024-06-13T00")], [], minutes=1.5,
+                        variables=("t2m", "refc"))
+    text = path.read_text()
+    assert "| 4 | 0 | 0.01 | 0.03 | 0.04 | 0.02 | – | – |" in text
+    assert "no REFC ≥ 35 dBZ was observed at 4 h" in text and "Brier skill score of" not in text

@@ -219,8 +219,9 @@ def _event_scores(members, truth, weights, threshold, base_rate, windows: tuple,
     obs = (truth >= threshold).astype(jnp.float32)  # [Y, X]
     prob = jnp.mean((members >= threshold).astype(jnp.float32), axis=0)  # [Y, X]
     return {
+        # Σ w (p − o)², Σ w, Σ w (p_clim − o)², Σ w o
         "brier": jnp.stack([jnp.sum(weights * jnp.square(prob - obs)), jnp.sum(weights),
-                            jnp.sum(weights * jnp.square(base_rate - obs))]),
+                            jnp.sum(weights * jnp.square(base_rate - obs)), jnp.sum(weights * obs)]),
         "contingency": jnp.stack(metrics.contingency(prob >= EVENT_PROBABILITY, obs > 0.5)),
         "fss": jnp.stack([jnp.stack(metrics.fss_components(prob, obs, w)) for w in windows]),  # [W, 2]
         "reliability": jnp.stack([c.astype(jnp.float32) for c in metrics.reliability_counts(prob, obs, bins)]),
@@ -386,8 +387,8 @@ def _accumulate_field(acc: Accumulator, settings: Settings, truth: Truth, fields
             if system in ENSEMBLES:
                 acc.add(base + ("reliability", thr, None), e["reliability"])
                 if reference and np.isfinite(base_rate):  # the climatological forecast of the field: Brier only
-                    ref, den = float(e["brier"][2]), float(e["brier"][1])
-                    acc.add(("climatology", var, level, lead, "brier", thr, None), [ref, den, ref])
+                    ref, den, observed = (float(x) for x in e["brier"][[2, 1, 3]])
+                    acc.add(("climatology", var, level, lead, "brier", thr, None), [ref, den, ref, observed])
 
 
 # --- entry point ------------------------------------------------------------------------------------------------

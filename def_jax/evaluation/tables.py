@@ -26,8 +26,8 @@ RELIABILITY_COLUMNS = ("system", "variable", "threshold", "lead_hours", "bin_low
 SPECTRA_COLUMNS = ("system", "variable", "level", "lead_hours", "wavenumber", "wavelength_km", "power")
 SYSTEMS = ("def", "direct", "deterministic", "persistence", "climatology")
 ENSEMBLES = ("def", "direct")
-SCORES = ("rmse", "mae", "bias", "crps", "crps_standard", "spread", "ssr", "energy", "brier", "bss", "csi", "pod",
-          "far", "fss")
+SCORES = ("rmse", "mae", "bias", "crps", "crps_standard", "spread", "ssr", "energy", "observed_frequency", "brier",
+          "bss", "csi", "pod", "far", "fss")
 RELIABILITY_BINS = 10
 COUNT_SCORES = ("csi", "pod", "far", "fss")  # counts over grid points: never area-weighted
 
@@ -122,10 +122,14 @@ def score_rows(acc: Accumulator, settings: Any, var_order: dict) -> list[tuple]:
         thresholds = sorted({thr for _, thr, _ in quantities[base] if thr is not None})
         for thr in thresholds:
             brier, n = acc.get(base + ("brier", thr, None))
-            if brier is not None:
+            if brier is not None:  # sums Σ w (p − o)², Σ w, Σ w (p_clim − o)², Σ w o
+                out.append(("observed_frequency", thr, None, brier[3] / brier[1], n))
                 out.append(("brier", thr, None, brier[0] / brier[1], n))
                 if system != "climatology" and np.isfinite(brier[2]):
-                    out.append(("bss", thr, None, 1.0 - brier[0] / brier[2] if brier[2] > 0 else np.nan, n))
+                    # BSS = 1 − BS / BS_clim; NaN where it says nothing: no event observed (any forecast that
+                    # never gives the event would score 1 against climatology's p_clim² > 0), or BS_clim = 0
+                    defined = brier[3] > 0 and brier[2] > 0
+                    out.append(("bss", thr, None, 1.0 - brier[0] / brier[2] if defined else np.nan, n))
             table, n = acc.get(base + ("contingency", thr, None))
             if table is not None:
                 ct = metrics.Contingency(*table)
