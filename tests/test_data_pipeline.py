@@ -294,6 +294,10 @@ def test_worker_processes_give_the_same_batches(train):
         state = it.get_state()
     with _loader(train, worker_count=2, **kw).iterator(state) as resumed:
         assert _arrays_equal(next(resumed), in_process[2])
+    # Grain refuses a position saved with another worker count; the user is told which setting resumes it.
+    with pytest.raises(UserError, match=r"data\.workers=2, this run has data\.workers=0: resume with "
+                                        r"--config\.data\.workers=2"):
+        _loader(train, **kw).iterator(state)
 
 
 def test_config_builds_sources_and_counts_windows(store):

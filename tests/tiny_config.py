@@ -14,6 +14,7 @@ def get_config(store: str):
     cfg.data.store = str(store)
     cfg.data.levels = (500.0, 850.0)
     cfg.data.grid_shape = (32, 32)
+    cfg.data.workers = 0  # in-process reading: a worker process per test run would cost more than it saves
     cfg.data.train_period, cfg.data.val_period, cfg.data.test_period = (TINY_PERIODS[k] for k in
                                                                           ("train", "val", "test"))
     for name in ("forecaster", "denoiser"):

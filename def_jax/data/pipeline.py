@@ -32,6 +32,7 @@ Worker processes (``worker_count > 0``) are spawned, not forked: scripts that bu
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Iterator, Optional, Sequence
 
 import grain
@@ -108,7 +109,7 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
         self._loader = loader
         self._it = iter(loader.data_loader)
         if state is not None:
-            self._it.set_state(state)
+            self.set_state(state)
 
     def __iter__(self) -> "BatchIterator":
         return self
@@ -129,7 +130,15 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
         return self._it.get_state()
 
     def set_state(self, state: bytes) -> None:
-        """Continue after the batch at which ``state`` was saved."""
+        """Continue after the batch at which ``state`` was saved (by a loader with the same ``worker_count``)."""
+        try:
+            saved = json.loads(state).get("worker_count")
+        except (ValueError, AttributeError):
+            saved = None  # not Grain's JSON: Grain's own error names it
+        if saved is not None and int(saved) != self._loader.worker_count:
+            raise UserError(f"the saved input-pipeline position was recorded with data.workers={saved}, this run has "
+                            f"data.workers={self._loader.worker_count}: resume with --config.data.workers={saved} "
+                            f"(Grain restores a position only with the same number of worker processes)")
         self._it.set_state(state)
 
     def close(self) -> None:
@@ -153,6 +162,7 @@ class Loader:
     source: WindowSource
     batch_size: int
     drop_remainder: bool
+    worker_count: int = 0
 
     def __iter__(self) -> BatchIterator:
         return BatchIterator(self)
@@ -200,7 +210,7 @@ def make_loader(source: WindowSource, *, batch_size: int, seed: int = 0, shuffle
         shard_options=grain.sharding.ShardOptions(shard_index=index, shard_count=count),
         read_options=grain.ReadOptions(num_threads=0, prefetch_buffer_size=0),  # keys are free; reads are in the map
     )
-    return Loader(data_loader, source, int(batch_size), bool(drop_remainder))
+    return Loader(data_loader, source, int(batch_size), bool(drop_remainder), int(worker_count))
 
 
 def source_from_config(data: Any, split: str, *, lead_steps: int = 1, history: Optional[int] = None,
