@@ -67,12 +67,13 @@ def _config_run(inv: Invocation) -> int:
     return 0
 
 
-BENCH_TARGETS = ("sampler", "loader", "prepare")
+BENCH_TARGETS = ("sampler", "train", "loader", "prepare")
 
 
 def _bench_define(fv: flags.FlagValues) -> None:
     # sampler
     flags.DEFINE_integer("batch", None, "sampler: ensemble members in one solve (default: config.ensemble.members); "
+                         "train: batch size per micro-batch (default: config.training.MODEL.batch_size); "
                          "loader: batch size (default: config.training.forecaster.batch_size).", flag_values=fv,
                          lower_bound=1)
     flags.DEFINE_string("grid", None, "sampler: HEIGHTxWIDTH of the state (default: config.data.grid_shape).",
@@ -86,8 +87,13 @@ def _bench_define(fv: flags.FlagValues) -> None:
                          lower_bound=1)
     flags.DEFINE_integer("net_width", 64, "sampler: hidden width of the conv ε network.", flag_values=fv, lower_bound=1)
     flags.DEFINE_integer("repeats", 3, "sampler: timed runs (the median is reported).", flag_values=fv, lower_bound=1)
+    # train
+    flags.DEFINE_enum("model", "both", ["forecaster", "diffusion", "both"], "train: which network's update to time: "
+                      "G_φ, ε_θ or both.", flag_values=fv)
+    flags.DEFINE_integer("steps", 20, "train: timed updates per model (the median is reported).", flag_values=fv,
+                         lower_bound=1)
     # loader
-    flags.DEFINE_string("store", None, "loader: the Zarr store (default: config.data.store).", flag_values=fv)
+    flags.DEFINE_string("store", None, "loader, train: the Zarr store (default: config.data.store).", flag_values=fv)
     flags.DEFINE_integer("batches", 20, "loader: timed batches.", flag_values=fv, lower_bound=1)
     flags.DEFINE_integer("workers", None, "loader: Grain worker processes (default: config.data.workers); "
                          "prepare: worker processes (default 1).", flag_values=fv, lower_bound=0)
@@ -127,6 +133,16 @@ def _bench_sampler(cfg, fv) -> tuple[dict, str]:
     return result, bench_sampler.format_table(result)
 
 
+def _bench_train(cfg, fv) -> tuple[dict, str]:
+    from def_jax.bench import train as bench_train
+
+    if fv.store:
+        cfg.data.store = fv.store
+    models = bench_train.MODELS if fv.model == "both" else (fv.model,)
+    result = bench_train.run_train_bench(cfg, models=models, steps=fv.steps, batch=fv.batch)
+    return result, bench_train.format_table(result)
+
+
 def _bench_loader(cfg, fv) -> tuple[dict, str]:
     from def_jax.bench import loader as bench_loader
 
@@ -158,7 +174,8 @@ def _bench_run(inv: Invocation) -> int:
     from def_jax.bench import write_json
 
     target = inv.args[0]
-    result, table = {"sampler": _bench_sampler, "loader": _bench_loader, "prepare": _bench_prepare}[target](
+    result, table = {"sampler": _bench_sampler, "train": _bench_train, "loader": _bench_loader,
+                     "prepare": _bench_prepare}[target](
         inv.config, inv.flags)
     print(table)
     out = Path(inv.flags.out) if inv.flags.out else inv.workdir / f"bench_{target}.json"
@@ -177,7 +194,7 @@ COMMANDS: dict[str, Command] = {
     c.name: c
     for c in [
         Command("config", "print the resolved configuration", _config_define, _config_run),
-        Command("bench", "benchmarks: bench sampler | loader | prepare (throughput)", _bench_define, _bench_run,
+        Command("bench", "benchmarks: bench sampler | train | loader | prepare (throughput)", _bench_define, _bench_run,
                 positional=BENCH_TARGETS, compile_cache=False),
         Command("demo", "run the end-to-end demo on the embedded mini-HRRR", run=_demo_run,
                 default_workdir="demo_output"),

@@ -1,4 +1,4 @@
-"""The def-jax command line: config printing, overrides, one-line errors, bench sampler."""
+"""The def-jax command line: config printing, overrides, one-line errors, bench sampler and train."""
 
 import json
 import os
@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from def_jax import cli
@@ -128,3 +129,23 @@ def test_data_commands_fail_in_one_line(capsys, tmp_path):
     assert code == 2 and "--hours must be >= 1" in err
     code, _, err = run_cli(capsys, "prepare", f"--src={tmp_path}", "--catalogue=nope")
     assert code == 2 and "catalogue 'nope': neither a built-in" in err
+
+
+def test_bench_train_times_the_real_updates_of_both_networks(capsys, tmp_path, mini_store):
+    """bench train: the config's update programs (4 devices, DEF objective with a random frozen G_φ) on real windows."""
+    out_file = tmp_path / "bench_train.json"
+    tiny = str(Path(__file__).parent / "tiny_config.py") + f":{mini_store}"
+    code, out, err = run_cli(capsys, "bench", "train", f"--config={tiny}", "--steps=2", f"--out={out_file}")
+    assert code == 0, err
+    r = json.loads(out_file.read_text())
+    assert [m["model"] for m in r["models"]] == ["forecaster", "diffusion"] and r["matmul_gflops_per_s"] > 0
+    for m in r["models"]:
+        assert m["updates_done"] == 3 and m["timed_updates"] == 2 and m["devices"] == 4  # warm-up + 2
+        assert m["global_batch"] == 4 and m["input_shape"][-3:-1] == [32, 32] and m["parameters"] > 0
+        assert m["updates_per_s"] > 0 and m["gflop_per_update"] > 0 and np.isfinite(m["last_loss"])
+        assert 0 < m["achieved_fraction_of_matmul"] < 2
+    assert "updates/s" in out and "diffusion" in out and f"wrote {out_file}" in out
+
+    code, _, err = run_cli(capsys, "bench", "train", f"--config={tiny}", "--model=forecaster", "--batch=3",
+                           f"--out={out_file}")
+    assert code == 2 and "batch 3 is not divisible by the 4 devices" in err

@@ -1,0 +1,173 @@
+"""``def-jax bench train``: the training update of G_φ and of ε_θ as the config defines it, on this machine.
+
+For each model the real update program of ``def-jax train-forecaster`` / ``train-diffusion`` is built (the config's
+U-Net, objective, optimizer, EMA, gradient accumulation, device mesh and shardings; ε_θ's DEF objective runs the frozen
+G_φ inside it), with random initial weights: throughput does not depend on their values, so no trained G_φ is needed.
+One batch of ``batch × grad_accum`` real training windows is read from the store once and fed to every update; the
+input pipeline's own rate is ``def-jax bench loader``'s subject, and the training run's console shows both together.
+
+Reported per model: parameters, compile seconds, XLA's FLOP count of one update (forward, backward and optimizer for
+the whole global batch), the median update time over ``steps`` timed updates after a warm-up, updates/s, samples/s,
+achieved GFLOP/s and its fraction of the machine's float32 matmul rate (measured in the same run), the loss of the last
+update (finite: the updates did real work), and the process's peak resident memory.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from def_jax import parallel
+from def_jax.bench.rollout import matmul_gflops
+from def_jax.bench.sampler import _flops
+from def_jax.errors import UserError
+
+MODELS = ("forecaster", "diffusion")
+
+
+def _one_batch(source, batch_size: int, grad_accum: int, crop: tuple[int, int], seed: int) -> list[dict]:
+    """``grad_accum`` micro-batches of ``batch_size`` shuffled training windows, read once (no worker processes)."""
+    from def_jax.data.pipeline import make_loader
+
+    loader = make_loader(source, batch_size=batch_size, seed=seed, shuffle=True, num_epochs=None, crop_shape=crop,
+                         worker_count=0, shard_index=0, shard_count=1)
+    it = iter(loader)
+    try:
+        return [next(it) for _ in range(grad_accum)]
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
+def bench_model(kind: str, cfg: ml_collections.ConfigDict, *, steps: int = 20, batch: Optional[int] = None,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Compile and time ``steps`` training updates of ``kind`` (forecaster | diffusion); a JSON-able dict."""
+    from def_jax.data.pipeline import source_from_config
+    from def_jax.training import loop
+    from def_jax.training.state import init_train_state, make_optimizer, make_train_step
+
+    if kind not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}; got {kind!r}")
+    tcfg = cfg.training[kind]
+    batch_size, grad_accum = int(batch or tcfg.batch_size), int(tcfg.grad_accum)
+    mesh = parallel.make_mesh(cfg.parallel.data_axis, cfg.parallel.spatial_axis)
+    n_data = mesh.shape[parallel.DATA]
+    if batch_size % n_data:
+        raise UserError(f"bench train: batch {batch_size} is not divisible by the {n_data} devices of the data axis")
+    direct = kind == "diffusion" and cfg.diffusion.mode == "direct"
+    history = cfg.diffusion.direct_history if direct else cfg.data.history
+    lead = max(1, int(tcfg.rollout_steps)) if kind == "forecaster" else 1
+    source = source_from_config(cfg.data, "train", lead_steps=lead, history=history)
+    channels = loop.store_channels(source)
+    replicated = parallel.replicated(mesh)
+
+    micro = _one_batch(source, batch_size, grad_accum, tuple(cfg.data.crop_shape), int(cfg.seed))
+    area = loop.area_weights(source.store) if kind == "forecaster" and tcfg.area_weights else None
+    batches = parallel.global_batch(loop.stack_micro_batches(micro, area), mesh, batch_axis=1)  # leaves [A, B, ...]
+    sample_shape = tuple(int(s) for s in batches["inputs"].shape[2:])  # [(T,) H, W, C] of one window's inputs
+
+    f_graphdef, frozen = None, None
+    if kind == "forecaster":
+        graphdef, params = loop.init_params(lambda: loop.build_forecaster(cfg, channels, cfg.seed), replicated)
+        cw = loop.channel_weights(tcfg.get("variable_weights"), source.state_channels, source.catalogue)
+    else:
+        graphdef, params = loop.init_params(lambda: loop.build_denoiser(cfg, channels, cfg.seed + 1), replicated)
+        if loop.needs_forecaster(cfg):  # the frozen G_φ of DEF's random advancement, random weights
+            f_graphdef, frozen = loop.init_params(lambda: loop.build_forecaster(cfg, channels, cfg.seed), replicated)
+        cw = None
+    loss_fn = loop.training_objective(kind, cfg, graphdef, f_graphdef, rollout_steps=lead,
+                                 channel_weights=None if cw is None else jax.numpy.asarray(cw))
+    optimizer, schedule = make_optimizer(tcfg, steps + 1)
+    ema_decay = float(tcfg.ema_decay)
+    state = jax.jit(lambda p: init_train_state(p, optimizer, seed=cfg.seed, ema_decay=ema_decay),
+                    out_shardings=replicated)(params)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+    log(f"[{kind}] compiling the update: {n_params / 1e6:.2f} M parameters, global batch {batch_size}×{grad_accum}, "
+        f"inputs {sample_shape}, {mesh.size} device(s)")
+    t0 = time.perf_counter()
+    step_fn = jax.jit(make_train_step(loss_fn, optimizer, schedule, ema_decay=ema_decay), donate_argnums=0,
+                      out_shardings=(replicated, replicated)).lower(state, batches, frozen).compile()
+    compile_s = time.perf_counter() - t0
+    flops = _flops(step_fn)
+
+    state, metrics = step_fn(state, batches, frozen)  # warm-up
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, metrics = step_fn(state, batches, frozen)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - t0)
+    loss = float(jax.device_get(metrics["loss"]))
+    if not np.isfinite(loss):
+        raise UserError(f"bench train: the {kind} loss became {loss}; check the store's statistics and the config")
+    median = statistics.median(times)
+    samples = batch_size * grad_accum
+    result = {
+        "model": kind,
+        "parameters": n_params,
+        "global_batch": samples,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "input_shape": list(sample_shape),
+        "devices": mesh.size,
+        "compile_s": compile_s,
+        "timed_updates": steps,
+        "updates_done": int(jax.device_get(state.step)),
+        "update_s_median": median,
+        "update_s_min": min(times),
+        "updates_per_s": 1.0 / median,
+        "samples_per_s": samples / median,
+        "gflop_per_update": flops / 1e9,
+        "achieved_gflops_per_s": flops / median / 1e9,
+        "last_loss": loss,
+    }
+    log(f"[{kind}] {result['updates_per_s']:.2f} updates/s ({result['samples_per_s']:.1f} samples/s), "
+        f"{result['gflop_per_update']:.2f} GFLOP/update")
+    return result
+
+
+def run_train_bench(cfg: ml_collections.ConfigDict, *, models: Sequence[str] = MODELS, steps: int = 20,
+                    batch: Optional[int] = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """:func:`bench_model` for each of ``models`` after measuring the matmul reference; a JSON-able dict."""
+    reference = matmul_gflops()
+    log(f"matmul reference: {reference:.1f} GFLOP/s float32")
+    results = [bench_model(kind, cfg, steps=steps, batch=batch, log=log) for kind in models]
+    for r in results:
+        r["achieved_fraction_of_matmul"] = r["achieved_gflops_per_s"] / reference
+    return {
+        "benchmark": "train",
+        "store": str(cfg.data.store),
+        "grid": list(cfg.data.grid_shape),
+        "crop": list(cfg.data.crop_shape),
+        "matmul_gflops_per_s": reference,
+        "models": results,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [f"bench train on {result['store']} ({result['backend']}, matmul {result['matmul_gflops_per_s']:.0f} "
+             f"GFLOP/s, peak RSS {result['peak_rss_mb']:.0f} MB)",
+             f"{'model':<11} {'params (M)':>10} {'batch':>7} {'compile s':>9} {'update ms':>9} {'updates/s':>9} "
+             f"{'samples/s':>9} {'GFLOP/upd':>9} {'GFLOP/s':>8} {'of matmul':>9}"]
+    for r in result["models"]:
+        lines.append(f"{r['model']:<11} {r['parameters'] / 1e6:>10.2f} {r['batch_size']:>4}×{r['grad_accum']:<2} "
+                     f"{r['compile_s']:>9.1f} {1e3 * r['update_s_median']:>9.1f} {r['updates_per_s']:>9.2f} "
+                     f"{r['samples_per_s']:>9.1f} {r['gflop_per_update']:>9.2f} {r['achieved_gflops_per_s']:>8.1f} "
+                     f"{100 * r['achieved_fraction_of_matmul']:>8.0f}%")
+    return "\n".join(lines)
