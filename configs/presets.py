@@ -197,6 +197,9 @@ def _bf16(c: ml_collections.ConfigDict) -> None:
 def _hrrr_grid(c: ml_collections.ConfigDict) -> None:
     c.data.store = "data/hrrr.zarr"
     c.data.grid_shape = (1059, 1799)  # native HRRR CONUS, 3 km
+    # Grain reading processes per host: a 512² crop is 159 MB of store bytes, ~3.5 s to read per process at the
+    # 45 MB/s measured here; raise it until bench loader keeps up with bench train on the GPU host (docs/SCALING.md)
+    c.data.workers = 8
     c.data.train_period = "2024-01-01T00:2024-09-30T23"
     c.data.val_period = "2024-10-01T00:2024-11-15T23"
     c.data.test_period = "2024-11-16T00:2024-12-31T23"
