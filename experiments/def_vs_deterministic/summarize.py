@@ -47,11 +47,12 @@ def per_lead(df, leads) -> list[str]:
                  value(df, "persistence", var, level, lead, "crps"), value(df, "def", var, level, lead, "ssr")]
             out.append(f"| {lead} | " + " | ".join(fmt(x) for x in r) + " |")
         out.append("")
-    out += ["**P(REFC ≥ 35 dBZ)**", "", "| lead (h) | Brier DEF | Brier deterministic | Brier climatology | BSS DEF | "
-            "BSS deterministic | BSS persistence | FSS DEF (9 pts) | FSS deterministic (9 pts) |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    out += ["**P(REFC ≥ 35 dBZ)**", "", "| lead (h) | observed frequency | Brier DEF | Brier deterministic | "
+            "Brier climatology | BSS DEF | BSS deterministic | BSS persistence | FSS DEF (9 pts) | "
+            "FSS deterministic (9 pts) |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for lead in leads:
-        r = [value(df, s, "refc", None, lead, "brier", 35.0) for s in ("def", "deterministic", "climatology")]
+        r = [value(df, "def", "refc", None, lead, "observed_frequency", 35.0)]  # NaN from tables made before it
+        r += [value(df, s, "refc", None, lead, "brier", 35.0) for s in ("def", "deterministic", "climatology")]
         r += [value(df, s, "refc", None, lead, "bss", 35.0) for s in ("def", "deterministic", "persistence")]
         r += [value(df, s, "refc", None, lead, "fss", 35.0, 9) for s in ("def", "deterministic")]
         out.append(f"| {lead} | " + " | ".join(fmt(x) for x in r) + " |")
