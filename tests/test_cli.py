@@ -148,4 +148,7 @@ def test_bench_train_times_the_real_updates_of_both_networks(capsys, tmp_path, m
 
     code, _, err = run_cli(capsys, "bench", "train", f"--config={tiny}", "--model=forecaster", "--batch=3",
                            f"--out={out_file}")
-    assert code == 2 and "batch 3 is not divisible by the 4 devices" in err
+    assert code == 2 and "config.training.forecaster.batch_size=3 must be divisible by the 4 devices" in err
+    code, _, err = run_cli(capsys, "train-diffusion", f"--config={tiny}", "--config.training.diffusion.batch_size=6",
+                           f"--workdir={tmp_path / 'run'}")  # the same check in training, before anything is built
+    assert code == 2 and "config.training.diffusion.batch_size=6 must be divisible by the 4 devices" in err

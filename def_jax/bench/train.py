@@ -18,6 +18,7 @@ import platform
 import resource
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -32,79 +33,45 @@ from def_jax.errors import UserError
 MODELS = ("forecaster", "diffusion")
 
 
-def _one_batch(source, batch_size: int, grad_accum: int, crop: tuple[int, int], seed: int) -> list[dict]:
-    """``grad_accum`` micro-batches of ``batch_size`` shuffled training windows, read once (no worker processes)."""
-    from def_jax.data.pipeline import make_loader
-
-    loader = make_loader(source, batch_size=batch_size, seed=seed, shuffle=True, num_epochs=None, crop_shape=crop,
-                         worker_count=0, shard_index=0, shard_count=1)
-    it = iter(loader)
-    try:
-        return [next(it) for _ in range(grad_accum)]
-    finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
-
-
 def bench_model(kind: str, cfg: ml_collections.ConfigDict, *, steps: int = 20, batch: Optional[int] = None,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Compile and time ``steps`` training updates of ``kind`` (forecaster | diffusion); a JSON-able dict."""
-    from def_jax.data.pipeline import source_from_config
+    from def_jax.data.pipeline import make_loader
     from def_jax.training import loop
-    from def_jax.training.state import init_train_state, make_optimizer, make_train_step
 
     if kind not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {kind!r}")
+    if batch:
+        cfg = cfg.copy_and_resolve_references()
+        cfg.training[kind].batch_size = int(batch)
     tcfg = cfg.training[kind]
-    batch_size, grad_accum = int(batch or tcfg.batch_size), int(tcfg.grad_accum)
-    mesh = parallel.make_mesh(cfg.parallel.data_axis, cfg.parallel.spatial_axis)
-    n_data = mesh.shape[parallel.DATA]
-    if batch_size % n_data:
-        raise UserError(f"bench train: batch {batch_size} is not divisible by the {n_data} devices of the data axis")
-    direct = kind == "diffusion" and cfg.diffusion.mode == "direct"
-    history = cfg.diffusion.direct_history if direct else cfg.data.history
-    lead = max(1, int(tcfg.rollout_steps)) if kind == "forecaster" else 1
-    source = source_from_config(cfg.data, "train", lead_steps=lead, history=history)
-    channels = loop.store_channels(source)
-    replicated = parallel.replicated(mesh)
+    batch_size, grad_accum = int(tcfg.batch_size), int(tcfg.grad_accum)
+    # the run train-forecaster / train-diffusion builds; nothing is read from or written to the workdir
+    run = loop.build_run(kind, cfg, Path("."), log=lambda message: None, frozen="random")
 
-    micro = _one_batch(source, batch_size, grad_accum, tuple(cfg.data.crop_shape), int(cfg.seed))
-    area = loop.area_weights(source.store) if kind == "forecaster" and tcfg.area_weights else None
-    batches = parallel.global_batch(loop.stack_micro_batches(micro, area), mesh, batch_axis=1)  # leaves [A, B, ...]
+    loader = make_loader(run.train_source, batch_size=batch_size, seed=int(cfg.seed), shuffle=True, num_epochs=None,
+                         crop_shape=tuple(cfg.data.crop_shape), worker_count=0, shard_index=0, shard_count=1)
+    with iter(loader) as it:  # one global batch, read once
+        micro = [next(it) for _ in range(grad_accum)]
+    area = loop.area_weights(run.train_source.store) if kind == "forecaster" and tcfg.area_weights else None
+    batches = parallel.global_batch(loop.stack_micro_batches(micro, area), run.mesh, batch_axis=1)  # [A, B, ...]
     sample_shape = tuple(int(s) for s in batches["inputs"].shape[2:])  # [(T,) H, W, C] of one window's inputs
-
-    f_graphdef, frozen = None, None
-    if kind == "forecaster":
-        graphdef, params = loop.init_params(lambda: loop.build_forecaster(cfg, channels, cfg.seed), replicated)
-        cw = loop.channel_weights(tcfg.get("variable_weights"), source.state_channels, source.catalogue)
-    else:
-        graphdef, params = loop.init_params(lambda: loop.build_denoiser(cfg, channels, cfg.seed + 1), replicated)
-        if loop.needs_forecaster(cfg):  # the frozen G_φ of DEF's random advancement, random weights
-            f_graphdef, frozen = loop.init_params(lambda: loop.build_forecaster(cfg, channels, cfg.seed), replicated)
-        cw = None
-    loss_fn = loop.training_objective(kind, cfg, graphdef, f_graphdef, rollout_steps=lead,
-                                 channel_weights=None if cw is None else jax.numpy.asarray(cw))
-    optimizer, schedule = make_optimizer(tcfg, steps + 1)
-    ema_decay = float(tcfg.ema_decay)
-    state = jax.jit(lambda p: init_train_state(p, optimizer, seed=cfg.seed, ema_decay=ema_decay),
-                    out_shardings=replicated)(params)
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.params))
 
     log(f"[{kind}] compiling the update: {n_params / 1e6:.2f} M parameters, global batch {batch_size}×{grad_accum}, "
-        f"inputs {sample_shape}, {mesh.size} device(s)")
+        f"inputs {sample_shape}, {run.mesh.size} device(s)")
+    state, update = loop.update_program(run, steps + 1)
     t0 = time.perf_counter()
-    step_fn = jax.jit(make_train_step(loss_fn, optimizer, schedule, ema_decay=ema_decay), donate_argnums=0,
-                      out_shardings=(replicated, replicated)).lower(state, batches, frozen).compile()
+    step_fn = update.lower(state, batches, run.frozen).compile()
     compile_s = time.perf_counter() - t0
     flops = _flops(step_fn)
 
-    state, metrics = step_fn(state, batches, frozen)  # warm-up
+    state, metrics = step_fn(state, batches, run.frozen)  # warm-up
     jax.block_until_ready(state)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        state, metrics = step_fn(state, batches, frozen)
+        state, metrics = step_fn(state, batches, run.frozen)
         jax.block_until_ready(state)
         times.append(time.perf_counter() - t0)
     loss = float(jax.device_get(metrics["loss"]))
@@ -119,7 +86,7 @@ def bench_model(kind: str, cfg: ml_collections.ConfigDict, *, steps: int = 20, b
         "batch_size": batch_size,
         "grad_accum": grad_accum,
         "input_shape": list(sample_shape),
-        "devices": mesh.size,
+        "devices": run.mesh.size,
         "compile_s": compile_s,
         "timed_updates": steps,
         "updates_done": int(jax.device_get(state.step)),

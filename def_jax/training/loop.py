@@ -38,7 +38,7 @@ from def_jax.models.unet import UNetConfig
 from def_jax.training import objectives
 from def_jax.training.checkpoint import Checkpoints, abstract, check_compatible, config_dict
 from def_jax.training.logging import MetricLogger
-from def_jax.training.state import init_train_state, make_optimizer, make_train_step
+from def_jax.training.state import TrainState, init_train_state, make_optimizer, make_train_step
 
 KINDS = ("forecaster", "diffusion")
 
@@ -213,11 +213,20 @@ def load_trained(kind: str, cfg: Any, workdir: Path, channels: Channels, mesh, c
     return graphdef, params, {"path": str(where), "step": int(step), "which": "best" if best else "latest"}
 
 
-def build_run(kind: str, cfg: Any, workdir: Path, log: Callable = print) -> Run:
+def build_run(kind: str, cfg: Any, workdir: Path, log: Callable = print, *, frozen: str = "trained") -> Run:
+    """The pieces of a training run of ``kind``. ``frozen``: ε_θ's frozen G_φ (DEF's random advancement, the direct
+    mode's residual) is the trained one of ``workdir/forecaster`` (``"trained"``) or randomly initialized
+    (``"random"``: for ``bench train``, whose throughput does not depend on the weights)."""
     if kind not in KINDS:
         raise ValueError(kind)
+    if frozen not in ("trained", "random"):
+        raise ValueError(f"frozen must be 'trained' or 'random'; got {frozen!r}")
     tcfg = cfg.training[kind]
     mesh = parallel.make_mesh(cfg.parallel.data_axis, cfg.parallel.spatial_axis)
+    n_data = mesh.shape[parallel.DATA]
+    if int(tcfg.batch_size) % n_data:
+        raise UserError(f"config.training.{kind}.batch_size={tcfg.batch_size} must be divisible by the {n_data} "
+                        f"devices of the data axis (config.parallel.data_axis)")
     direct = kind == "diffusion" and cfg.diffusion.mode == "direct"
     history = cfg.diffusion.direct_history if direct else cfg.data.history
     if direct and cfg.diffusion.direct_residual and history < cfg.data.history:
@@ -234,15 +243,17 @@ def build_run(kind: str, cfg: Any, workdir: Path, log: Callable = print) -> Run:
     replicated = parallel.replicated(mesh)
     cw = channel_weights(tcfg.get("variable_weights"), train_source.state_channels, train_source.catalogue) \
         if kind == "forecaster" else None
-    frozen = None
+    frozen_params = None
     f_graphdef = None
     if kind == "forecaster":
         graphdef, params = init_params(lambda: build_forecaster(cfg, channels, cfg.seed), replicated)
     else:
         graphdef, params = init_params(lambda: build_denoiser(cfg, channels, cfg.seed + 1), replicated)
-        if needs_forecaster(cfg):
-            f_graphdef, frozen, _ = load_trained("forecaster", cfg, workdir, channels, mesh, catalogue_json, cfg_dict,
-                                                 cfg.training.diffusion.forecaster_checkpoint, log)
+        if needs_forecaster(cfg) and frozen == "random":
+            f_graphdef, frozen_params = init_params(lambda: build_forecaster(cfg, channels, cfg.seed), replicated)
+        elif needs_forecaster(cfg):
+            f_graphdef, frozen_params, _ = load_trained("forecaster", cfg, workdir, channels, mesh, catalogue_json,
+                                                        cfg_dict, cfg.training.diffusion.forecaster_checkpoint, log)
     cw = None if cw is None else jnp.asarray(cw)
     loss_fn = training_objective(kind, cfg, graphdef, f_graphdef, rollout_steps=lead, channel_weights=cw)
     eval_loss = training_objective(kind, cfg, graphdef, f_graphdef, rollout_steps=lead, channel_weights=cw,
@@ -254,8 +265,22 @@ def build_run(kind: str, cfg: Any, workdir: Path, log: Callable = print) -> Run:
             return {"loss": loss}
         return {"loss": loss, "mse_step1": aux["mse_step1"], "persistence_mse": objectives.persistence_mse(batch, cw)}
 
-    return Run(kind, cfg, workdir / kind, mesh, train_source, val_source, channels, graphdef, params, frozen,
+    return Run(kind, cfg, workdir / kind, mesh, train_source, val_source, channels, graphdef, params, frozen_params,
                loss_fn, eval_fn, total_steps, steps_per_epoch)
+
+
+def update_program(run: Run, total_steps: int) -> tuple[TrainState, Callable]:
+    """The initial train state of ``run`` (replicated) and its jitted update ``step(state, batches, frozen)``, the
+    state donated; the learning-rate schedule spans ``total_steps``."""
+    tcfg = run.cfg.training[run.kind]
+    ema_decay = float(tcfg.ema_decay)
+    optimizer, schedule = make_optimizer(tcfg, total_steps)
+    replicated = parallel.replicated(run.mesh)
+    state = jax.jit(lambda p: init_train_state(p, optimizer, seed=run.cfg.seed, ema_decay=ema_decay),
+                    out_shardings=replicated)(run.params)
+    step = jax.jit(make_train_step(run.loss_fn, optimizer, schedule, ema_decay=ema_decay), donate_argnums=0,
+                   out_shardings=(replicated, replicated))
+    return state, step
 
 
 def _validate(run: Run, eval_step, params, frozen, batches: int, area) -> dict[str, float]:
@@ -290,11 +315,8 @@ def train(kind: str, cfg: Any, workdir: Path, log: Callable[[str], None] = print
     if main:
         (run.run_dir / "config.json").write_text(json.dumps(cfg_dict, indent=2) + "\n")
         (run.run_dir / "catalogue.json").write_text(catalogue_json + "\n")
-    ema_decay = float(tcfg.ema_decay)
-    optimizer, schedule = make_optimizer(tcfg, run.total_steps)
     replicated = parallel.replicated(run.mesh)
-    state = jax.jit(lambda p: init_train_state(p, optimizer, seed=cfg.seed, ema_decay=ema_decay),
-                    out_shardings=replicated)(run.params)
+    state, step_fn = update_program(run, run.total_steps)
     ckpt = Checkpoints(run.run_dir, keep=tcfg.keep_checkpoints)
     data_state = None
     start = ckpt.latest_step()
@@ -318,8 +340,6 @@ def train(kind: str, cfg: Any, workdir: Path, log: Callable[[str], None] = print
     it = loader.iterator(data_state["grain"].encode()) if data_state else iter(loader)
     area = area_weights(run.train_source.store) if kind == "forecaster" and tcfg.area_weights else None
 
-    step_fn = jax.jit(make_train_step(run.loss_fn, optimizer, schedule, ema_decay=ema_decay),
-                      donate_argnums=0, out_shardings=(replicated, replicated))
     eval_step = jax.jit(run.eval_fn, out_shardings=replicated)
     logger = MetricLogger(run.run_dir, total_steps=run.total_steps, name=kind, tensorboard=cfg.training.tensorboard,
                           wandb=cfg.training.wandb, wandb_project=cfg.training.wandb_project, config=cfg_dict,
