@@ -5,15 +5,17 @@ fields and a list of convective cells. Grid rows run south to north and columns 
 64); winds are along the grid axes, so grid-relative and earth-relative winds coincide here.
 
 **Environment** (analytic in position and valid time): sums of plane waves of 1200–4000 km wavelength drifting east at
-6–12 m/s, amplitudes modulated over 3–7 days (:class:`_Waves`), set the sea-level temperature ``T_sl`` and pressure
-``p_sl``, the tropopause temperature ``T_tr``, an elevated warm layer near 750 hPa (the "cap"), the surface relative
-humidity, the dryness aloft and a non-divergent wind perturbation. Temperature follows the constant-lapse-rate profile
-``T = T_sl (p/p_sl)^(R_d Γ/g)`` down to ``T_tr`` at the 200 hPa tropopause (so a warm surface means a steep lapse
-rate), then warms slowly upward; surface pressure is the matching barometric ``sp = p_sl (1 − Γ h/T_sl)^(g/(R_d Γ))``
-over the orography ``h``; geopotential height integrates the hypsometric equation ``dz = −(R_d T_v/g) d ln p`` from
-``z(p_sl) = 0``; specific humidity is ``q = q_s (p/sp)^n`` (n ≈ 3, much drier above the tropopause), capped at 95 % of
-saturation (Bolton's e_s). Winds: a westerly jet peaking at 250 hPa, the wave flow, a southerly low-level jet ~80 hPa
-above the ground strongest at night.
+6–12 m/s, amplitudes modulated over 3–7 days (:class:`_Waves`), set the sea-level temperature ``T_sl`` (≈ 302 K in July)
+and pressure ``p_sl``, the tropopause temperature ``T_tr``, an elevated warm layer near 750 hPa (the "cap"), the surface
+relative humidity, the dryness aloft and a non-divergent wind perturbation. The relative humidity (0.3–0.9, ≈ 0.7 in
+summer: Gulf moisture, afternoon dew points of 14–22 °C) also carries mesoscale waves of 150–500 km, so CAPE varies
+across a 200 km domain, and falls by 3 %/K where the air mass is warmer than usual (hot days are not also the most humid
+ones). Temperature follows the constant-lapse-rate profile ``T = T_sl (p/p_sl)^(R_d Γ/g)`` down to ``T_tr`` at the
+200 hPa tropopause (so a warm surface means a steep lapse rate), then warms slowly upward; surface pressure is the
+matching barometric ``sp = p_sl (1 − Γ h/T_sl)^(g/(R_d Γ))`` over the orography ``h``; geopotential height integrates
+the hypsometric equation ``dz = −(R_d T_v/g) d ln p`` from ``z(p_sl) = 0``; specific humidity is ``q = q_s (p/sp)^n``
+(n ≈ 3, much drier above the tropopause), capped at 95 % of saturation (Bolton's e_s). Winds: a westerly jet peaking at
+250 hPa, the wave flow, a southerly low-level jet ~80 hPa above the ground strongest at night.
 
 **Prognostic state**: the boundary-layer temperature anomaly ``D`` (K; ``dD/dt = (12 K·DSWRF/1000 W m⁻² − 5 K − D)/5 h``
 over land, 15 % of it over water), the low-level moisture factor ``m`` (consumed by cells, restored in 6 h), the
@@ -31,13 +33,23 @@ negative part below the level of maximum buoyancy (in the lowest 200 hPa where t
 point's solar zenith angle, a clear-sky transmissivity and the cells' cloud cover; DLWRF = ε σ T₂ₘ⁴ with Brunt's
 clear-sky emissivity raised by clouds; PWAT = (1/g) ∫ q dp over the output levels above the ground.
 
-**Convection**: each hour a trigger field — Gaussian noise from ``default_rng([seed, 2, hour])`` smoothed over 5 km,
-the smoothed thermals (by day), lift at outflow boundaries ∝ ``|∇cp|``, a CAPE bonus and a CIN penalty — starts cells
-at its local maxima above a threshold where CAPE > 300 J/kg. A cell's strength ``s`` grows for 1–2 h, then decays
-with an e-folding time of 1–3 h set by the CAPE around it; it moves with the mean 500/700 hPa wind, consumes
-low-level moisture, cools the air under it, feeds the cold pool and shades the ground. Its reflectivity is a biweight
-bump of 8–15 km radius (growing with age), core ``−10 + s (dBZ_max + 10)`` with ``dBZ_max`` = 47–65 dBZ rising with
-CAPE; overlapping cells combine by maximum, −10 dBZ (no echo) elsewhere.
+**Convection**: each hour a trigger field — Gaussian noise from ``default_rng([seed, 2, hour])`` smoothed over 5 km
+(what the state does not contain, so an ensemble is needed), the smoothed thermals (by day), lift at outflow boundaries
+∝ ``|∇cp|``, a CAPE bonus and a CIN penalty — starts cells at its local maxima above a threshold where CAPE > 300 J/kg
+and there is no echo yet, at most one new cell per 2000 km² and hour. A cell's strength ``s`` grows for 1–2 h, then
+decays with an e-folding time of 1–4 h rising with the CAPE within 10 km of it; it moves with the mean 500/700 hPa wind,
+consumes low-level moisture, cools the air under it, feeds the cold pool (whose edges start new cells: clusters and
+lines) and shades the ground. Where that CAPE exceeds 1000 J/kg the cell organizes upscale: its organization ``o`` ∈
+[0, 1) gains 25 % of what it lacks each hour at 3000 J/kg (proportionally less down to 1000 J/kg), its radius grows by
+the factor 1 + o and it becomes an ellipse of the same area, aspect ratio 1 + 1.5 o, long across its motion, like a
+squall line. Its reflectivity is a paraboloid of 8–15 km radius (growing 15 %/h with age up to 1.6×, times 1 + o), core
+``−10 + s (dBZ_max + 10)`` with ``dBZ_max`` = 47–65 dBZ rising with CAPE, so a mature cell is ≥ 35 dBZ out to ~60 % of
+its radius; overlapping cells combine by maximum, −10 dBZ (no echo) elsewhere. The moisture and cold-pool footprints
+(biweights) and the anvil's cloud cover (out to 2.2× the radius) have the same elliptic shape.
+
+**Regime** (the demo's six weeks from 2024-06-01, 32×32 points at 6 km; docs/DATA.md has the table per period):
+CAPE ≥ 1000 J/kg on ~40 % of the points, storms on most afternoons, REFC ≥ 35 dBZ on ~3.5 % of all points, from ~1 % of
+them at 11 local time to ~15 % at 15 and back under 1 % by 21, rarely at night; REFC ≥ 45 dBZ on ~1.5 %.
 """
 
 from __future__ import annotations
@@ -158,14 +170,16 @@ class MiniHRRR:
         self.orog, self.lsm = terrain(self.lat, self.lon)
         rng = np.random.default_rng([self.seed, 0])
         self._waves = {name: _Waves(rng) for name in ("temp", "pres", "trop", "cap", "moist", "dry", "flow")}
+        self._waves["meso"] = _Waves(rng, wavelength_km=(150.0, 500.0))  # mesoscale moisture, drawn last
         init = np.random.default_rng([self.seed, 1])
         ny, nx = self.shape
         self.D = np.zeros(self.shape)  # boundary-layer temperature anomaly, K
         self.m = np.ones(self.shape)  # low-level moisture factor
         self.cp = np.zeros(self.shape)  # cold-pool deficit, K
         self.b = init.uniform(0.05, 0.95, self.shape)  # sub-grid thermals (coupled logistic maps)
-        # convective cells: position (grid units), age (h), strength, core potential (dBZ), radius (km), growth (h)
-        self.cells = {k: np.zeros(0) for k in ("x", "y", "age", "s", "dbz_max", "r0", "t_grow")}
+        # convective cells: position (grid units), age (h), strength, core potential (dBZ), radius (km), growth (h),
+        # organization (0-1) and the direction of motion (cos, sin)
+        self.cells = {k: np.zeros(0) for k in ("x", "y", "age", "s", "dbz_max", "r0", "t_grow", "org", "cos", "sin")}
         self._time = np.datetime64(start, "h") - np.timedelta64(SPINUP_HOURS, "h")
         self._hour = 0  # index of the hourly random stream
         self._cache = None
@@ -197,13 +211,15 @@ class MiniHRRR:
         day = (self._time - self._time.astype("datetime64[Y]")) / np.timedelta64(1, "D")
         season = np.sin(2 * np.pi * (day - 105.0) / 365.25)
         w = {k: wave.value(self._x, self._y, t) for k, wave in self._waves.items() if k != "flow"}
-        t_sl = 290.0 + 10.0 * season - 0.8 * (self.lat - 37.0) + 2.5 * w["temp"]
+        t_sl = 293.0 + 10.0 * season - 0.8 * (self.lat - 37.0) + 2.5 * w["temp"]
         env = {
             "T_sl": t_sl,
             "T_tr": 219.0 + 0.3 * (t_sl - 298.0) + 1.5 * w["trop"],
             "p_sl": 101325.0 + 700.0 * w["pres"],
             "cap": 1.5 * np.maximum(w["cap"] + 0.2, 0.0),  # K
-            "rh": np.clip(0.45 + 0.12 * w["moist"] + 0.05 * season, 0.15, 0.9),
+            # Gulf moisture: synoptic and mesoscale waves; 3 %/K drier where the air mass is warmer than usual
+            "rh": np.clip(0.65 + 0.08 * w["moist"] + 0.08 * w["meso"] - 0.03 * 2.5 * w["temp"] + 0.05 * season,
+                          0.3, 0.9),
             "q_exp": 3.0 + 0.5 * w["dry"],
         }
         env["u_wave"], env["v_wave"] = (6.0 * c for c in self._waves["flow"].flow(self._x, self._y, t))
@@ -305,24 +321,32 @@ class MiniHRRR:
         refc, cloud = np.full(self.shape, REFC_NO_ECHO), np.zeros(self.shape)
         consume, cold = np.zeros(self.shape), np.zeros(self.shape)
         c = self.cells
-        for x, y, s, dbz_max, r in zip(c["x"], c["y"], c["s"], c["dbz_max"], self._radius_px()):
+        aspect = 1.0 + 1.5 * c["org"]  # organized cells are lines across their motion (same area)
+        for x, y, s, dbz_max, r, e, cos, sin in zip(c["x"], c["y"], c["s"], c["dbz_max"], self._radius_px(), aspect,
+                                                     c["cos"], c["sin"]):
             ra = 2.2 * r  # anvil radius
-            i0, i1 = max(int(y - ra), 0), min(int(y + ra) + 2, ny)
-            j0, j1 = max(int(x - ra), 0), min(int(x + ra) + 2, nx)
+            reach = ra * np.sqrt(e)  # the long semi-axis of the anvil
+            i0, i1 = max(int(y - reach), 0), min(int(y + reach) + 2, ny)
+            j0, j1 = max(int(x - reach), 0), min(int(x + reach) + 2, nx)
             if i0 >= i1 or j0 >= j1:
                 continue
-            r2 = (np.arange(i0, i1)[:, None] - y) ** 2 + (np.arange(j0, j1)[None, :] - x) ** 2
-            core = np.maximum(1.0 - r2 / r**2, 0.0) ** 2  # biweight
+            dy, dx = np.arange(i0, i1)[:, None] - y, np.arange(j0, j1)[None, :] - x
+            r2 = (dx * cos + dy * sin) ** 2 * e + (dy * cos - dx * sin) ** 2 / e  # elliptic distance², [h, w]
+            shape = np.maximum(1.0 - r2 / r**2, 0.0)
+            core = shape**2  # biweight
             win = (slice(i0, i1), slice(j0, j1))
-            refc[win] = np.maximum(refc[win], REFC_NO_ECHO + s * (dbz_max - REFC_NO_ECHO) * core)
+            refc[win] = np.maximum(refc[win], REFC_NO_ECHO + s * (dbz_max - REFC_NO_ECHO) * shape)
             cloud[win] = np.maximum(cloud[win], s * np.maximum(1.0 - r2 / ra**2, 0.0))
             consume[win] += s * core
             cold[win] += s * np.maximum(1.0 - r2 / (1.5 * r) ** 2, 0.0) ** 2
         return {"refc": np.clip(refc, REFC_NO_ECHO, 75.0), "_cloud": cloud, "_consume": consume, "_cold": cold}
 
     def _radius_px(self) -> np.ndarray:
-        """Echo radius of each cell in grid points: grows by 15 %/h with age, up to 1.6×. # [n_cells]"""
-        return np.maximum(self.cells["r0"] * np.minimum(1.0 + 0.15 * self.cells["age"], 1.6) * 1e3 / self.dx_m, 1.0)
+        """Echo radius of each cell in grid points: grows by 15 %/h with age, up to 1.6×, and by the factor
+        1 + organization (up to 2×). # [n_cells]"""
+        c = self.cells
+        growth = np.minimum(1.0 + 0.15 * c["age"], 1.6) * (1.0 + c["org"])
+        return np.maximum(c["r0"] * growth * 1e3 / self.dx_m, 1.0)
 
     def _diagnose(self) -> dict[str, np.ndarray]:
         """Every output field at :attr:`time` (cached), plus internal fields named ``_*``."""
@@ -369,17 +393,23 @@ class MiniHRRR:
         return ndimage.map_coordinates(field, [ii - v * shift, jj - u * shift], order=1, mode="constant", cval=outside)
 
     def _move_cells(self, d: dict) -> None:
-        """Cells move with the 500/700 hPa mean wind, grow for t_grow hours, then decay by the CAPE they meet."""
+        """Cells move with the 500/700 hPa mean wind, grow for t_grow hours, then decay by the CAPE they meet, which
+        also organizes them."""
         c, (ny, nx) = self.cells, self.shape
         if not len(c["x"]):
             return
         iy, ix = np.clip(np.rint(c["y"]), 0, ny - 1).astype(int), np.clip(np.rint(c["x"]), 0, nx - 1).astype(int)
-        c["x"] = c["x"] + d["_steer"][0][iy, ix] * 3600.0 / self.dx_m
-        c["y"] = c["y"] + d["_steer"][1][iy, ix] * 3600.0 / self.dx_m
+        us, vs = d["_steer"][0][iy, ix], d["_steer"][1][iy, ix]
+        c["x"] = c["x"] + us * 3600.0 / self.dx_m
+        c["y"] = c["y"] + vs * 3600.0 / self.dx_m
+        speed = np.maximum(np.hypot(us, vs), 1e-6)
+        c["cos"], c["sin"] = us / speed, vs / speed
         c["age"] = c["age"] + 1.0
         iy, ix = np.clip(np.rint(c["y"]), 0, ny - 1).astype(int), np.clip(np.rint(c["x"]), 0, nx - 1).astype(int)
         inflow = ndimage.maximum_filter(d["cape"], size=2 * int(10e3 / self.dx_m) + 1)  # CAPE around the cell
-        tau = 1.0 + 2.0 * np.clip(inflow[iy, ix] / 2000.0, 0.0, 1.0)  # h
+        tau = 1.0 + 3.0 * np.clip(inflow[iy, ix] / 3000.0, 0.0, 1.0)  # h
+        favour = np.clip((inflow[iy, ix] - 1000.0) / 2000.0, 0.0, 1.0)  # upscale growth above 1000 J/kg
+        c["org"] = c["org"] + 0.25 * favour * (1.0 - c["org"])
         c["s"] = np.where(c["age"] <= c["t_grow"], c["s"] + 0.75 * (1.0 - c["s"]), c["s"] * np.exp(-1.0 / tau))
         margin = self._radius_px()
         keep = (c["s"] >= 0.12) & (c["x"] > -margin) & (c["x"] < nx - 1 + margin)
@@ -397,17 +427,20 @@ class MiniHRRR:
         trigger = (0.6 * noise / noise.std() + 0.6 * day * thermals / (thermals.std() + 1e-12) + lift
                    + 1.2 * np.tanh(d["cape"] / 1500.0) + np.maximum(d["cin"], -400.0) / 40.0)
         peaks = trigger == ndimage.maximum_filter(trigger, size=2 * max(int(8.0 * km), 1) + 1)
-        peaks &= (trigger > 3.0) & (d["cape"] > 300.0) & (d["refc"] < 15.0)
-        max_new = max(2, int(round(ny * nx / km**2 / 2500.0)))
+        peaks &= (trigger > 2.6) & (d["cape"] > 300.0) & (d["refc"] < 15.0)
+        max_new = max(2, int(round(ny * nx / km**2 / 2000.0)))  # one per 2000 km²
         extra = rng.random((max_new, 3))  # always drawn: the stream does not depend on the number of cells
         iy, ix = np.nonzero(peaks)
         best = np.argsort(-trigger[iy, ix], kind="stable")[:max_new]
         iy, ix = iy[best], ix[best]
         e, n = extra[: len(best)], len(best)
         strength = np.sqrt(np.clip(d["cape"][iy, ix] / 2500.0, 0.0, 1.0))
+        us, vs = d["_steer"][0][iy, ix], d["_steer"][1][iy, ix]
+        speed = np.maximum(np.hypot(us, vs), 1e-6)
         new = {"x": ix.astype(float), "y": iy.astype(float), "age": np.zeros(n), "s": np.full(n, 0.3),
                "dbz_max": 50.0 + 12.0 * strength + 6.0 * (e[:, 0] - 0.5),
-               "r0": 9.0 + 5.0 * strength + 3.0 * (e[:, 1] - 0.5), "t_grow": 1.0 + (e[:, 2] > 0.5)}
+               "r0": 9.0 + 5.0 * strength + 3.0 * (e[:, 1] - 0.5), "t_grow": 1.0 + (e[:, 2] > 0.5), "org": np.zeros(n),
+               "cos": us / speed, "sin": vs / speed}
         self.cells = {k: np.concatenate([self.cells[k], new[k]]) for k in self.cells}
 
     def step(self) -> None:

@@ -126,7 +126,11 @@ def test_synth_prepare_stats_loader_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     ds = schema.open_store(store)
     assert ds.sizes["time"] == 30 and (ds[schema.STATUS].values == 1).all()
-    assert float(ds["refc"].min()) >= -10.0 and float(ds["q"].min()) >= 0 and float(ds["cin"].max()) <= 0
+    assert float(ds["refc"].min()) >= -10.0 and float(ds["q"].min()) >= 0
+    # CIN ≤ 0 up to the 16-bit GRIB packing: the packed values are min + k·2^E, so the simulator's 0 J/kg (the top of
+    # a range down to several hundred J/kg) comes back as the nearest of them, within half a step above 0
+    cin = ds["cin"].values
+    assert cin.max() <= (cin.max() - cin.min()) / 2**15
     assert float(ds["cape_std"]) > 0 and ds["t_mean"].dims == ("level",)
 
     from def_jax.data.pipeline import make_loader
