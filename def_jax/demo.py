@@ -43,6 +43,32 @@ def check_sampler_on_gaussian(cfg: ml_collections.ConfigDict, members: int, shap
     return rows
 
 
+def event_frequencies(store, periods: dict[str, str], thresholds, variable: str = "refc") -> dict:
+    """The fraction of grid points at or above each threshold of ``variable`` over the written slots of each period.
+
+    ``store`` a prepared Zarr store, ``periods`` names to ``START:END`` (e.g. the config's train/val/test periods),
+    ``thresholds`` in the variable's units. Returns ``{name: {threshold: fraction}}`` (NaN for a period without written
+    slots), read a block of times at a time.
+    """
+    import xarray as xr
+
+    from def_jax.data.schema import STATUS, parse_period
+
+    ds = xr.open_zarr(store, consolidated=False)
+    times, written = ds["time"].values, ds[STATUS].values == 1
+    out = {}
+    for name, text in periods.items():
+        start, end = parse_period(text, f"the {name} period")
+        index = np.nonzero(written & (times >= start) & (times <= end))[0]
+        counts, points = np.zeros(len(thresholds)), 0
+        for i in range(0, len(index), 256):
+            values = ds[variable].isel(time=index[i:i + 256]).values  # [t, y, x]
+            counts += [np.count_nonzero(values >= t) for t in thresholds]
+            points += values.size
+        out[name] = {float(t): (float(c / points) if points else float("nan")) for t, c in zip(thresholds, counts)}
+    return out
+
+
 def data_stages(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
     """synth → prepare → stats → one training batch, each stage skipped when its output is already complete."""
     import json
@@ -87,10 +113,15 @@ def data_stages(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
     print(f"loader: {len(source)} training windows; a batch: " +
           ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items() if k in ("inputs", "targets", "forcings",
                                                                              "statics", "time_features")))
-    ds = xr.open_zarr(store, consolidated=False)
-    refc = ds["refc"].values
-    print(f"the mini-HRRR: composite reflectivity ≥ 35 dBZ on {100 * float((refc >= 35).mean()):.1f} % of points, "
-          f"max {float(refc.max()):.0f} dBZ; CAPE up to {float(ds['cape'].max()):.0f} J/kg")
+    periods = {"train": cfg.data.train_period, "validation": cfg.data.val_period, "test": cfg.data.test_period}
+    thresholds = tuple(cfg.evaluation.refc_thresholds)
+    freq = event_frequencies(store, periods, thresholds)
+    rows = {f"{name} {text}": freq[name] for name, text in periods.items()}
+    width = max(len(label) for label in rows) + 2
+    print("the mini-HRRR's storms: composite reflectivity at or above each threshold, % of points")
+    print(f"{'period':<{width}}" + "".join(f"{f'≥ {t:g} dBZ':>10}" for t in thresholds))
+    for label, row in rows.items():
+        print(f"{label:<{width}}" + "".join(f"{100 * row[float(t)]:>10.2f}" for t in thresholds))
 
 
 def training_stages(cfg: ml_collections.ConfigDict, workdir: Path) -> None:

@@ -133,6 +133,16 @@ def test_synth_prepare_stats_loader_end_to_end(tmp_path, capsys):
     assert cin.max() <= (cin.max() - cin.min()) / 2**15
     assert float(ds["cape_std"]) > 0 and ds["t_mean"].dims == ("level",)
 
+    from def_jax.demo import event_frequencies  # the demo's table of storm events per period
+
+    periods = {"first": "2024-06-01T00:2024-06-01T17", "rest": "2024-06-01T18:2024-06-02T05",
+               "none": "2025-01-01T00:2025-01-01T23"}
+    freq = event_frequencies(store, periods, (20.0, 35.0))
+    refc = ds["refc"].values
+    for name, sl in (("first", slice(0, 18)), ("rest", slice(18, 30))):
+        assert freq[name] == {t: float((refc[sl] >= t).mean()) for t in (20.0, 35.0)}
+    assert np.isnan(freq["none"][35.0])
+
     from def_jax.data.pipeline import make_loader
     from def_jax.data.source import WindowSource
 
