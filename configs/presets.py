@@ -54,6 +54,10 @@ def _denoiser(*args, **kw) -> ml_collections.ConfigDict:
     # "exact": the skip path is the schedule's (x_τ − α_τ c)/σ_τ with a condition and σ_τ x_τ without (networks.Denoiser);
     # "learned": a(τ), b(τ), P trained (checkpoints from before this field)
     c.skip_coefficients = "exact"
+    # the null condition's skip path with the exact coefficients: "white" (σ_τ x_τ, the exact ε of N(0, I) data) |
+    # "spectral" (the exact ε of a stationary Gaussian climate with the training states' cross-channel power spectrum,
+    # from def-jax stats; def_jax/diffusion/spectral.py)
+    c.null_prior = "white"
     return c
 
 
@@ -118,7 +122,11 @@ def _base() -> ml_collections.ConfigDict:
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.schedule = "cosine"  # cosine (seed 1) | linear (authors)
     c.diffusion.num_steps = 1000  # T, discrete training steps
-    c.diffusion.p_uncond = 0.1  # classifier-free guidance condition dropout
+    c.diffusion.p_uncond = 0.1  # classifier-free guidance condition dropout (fraction of ∅ samples in training)
+    # DEF's conditional branch ε_θ(x, τ, c): "network" (the U-Net with the condition) | "exact" ((x_τ − α_τ c)/σ_τ,
+    # the closed form of DEF's point-mass condition c = x_0: no network call, so the U-Net is the unconditional
+    # model alone and p_uncond = 1 gives it every training sample; docs/TRAINING.md)
+    c.diffusion.conditional = "network"
     c.diffusion.p_advance = 0.5  # random advancement through G_φ (DEF_METHOD §4)
     c.diffusion.mode = "def"  # def (perturbation walks + G_φ) | direct (sample X_{t+1} from the past)
     c.diffusion.direct_history = 4  # direct mode: past hourly states in the condition (seed 2)
@@ -155,9 +163,19 @@ def _base() -> ml_collections.ConfigDict:
 
     # --- ensemble (forecast) -------------------------------------------------------------------------------------
     c.ensemble = ml_collections.ConfigDict()
+    # what the members are made of (def_jax/forecast/ensemble.py): def (K guided walks of ε_θ before every G_φ step)
+    # | gaussian (white noise) | correlated (Gaussian random fields) | bred (± bred vectors of G_φ on the initial
+    # state) | lagged (earlier analyses run forward to the initial time)
+    c.ensemble.perturbation = "def"
     c.ensemble.members = 8  # B
-    c.ensemble.walks = 2  # K chained perturbation walks per step
-    c.ensemble.guidance_scale = 0.5  # λ
+    c.ensemble.walks = 2  # def: K chained perturbation walks per step
+    c.ensemble.guidance_scale = 0.5  # def (and the direct mode): λ
+    # gaussian, correlated, bred: amplitude per channel = this × the channel's normalized one-step-difference std
+    c.ensemble.perturbation_scale = 1.0
+    c.ensemble.noise_every_step = True  # gaussian, correlated: before every G_φ step (False: the initial state only)
+    c.ensemble.correlation_length_km = 50.0  # correlated: L of the covariance exp(−r²/(2L²))
+    c.ensemble.breeding_steps = 6  # bred: breeding cycles (one G_φ step each) before the initial time
+    c.ensemble.lag_steps = 1  # lagged: member b starts b × lag_steps steps before the initial time
     c.ensemble.lead_hours = 24
     c.ensemble.corrector = False  # re-standardize after each solver step (per_sample normalization only)
     c.ensemble.include_deterministic = True  # also run the unperturbed G_φ rollout
@@ -166,10 +184,13 @@ def _base() -> ml_collections.ConfigDict:
     c.ensemble.checkpoint = "best"  # weights of G_φ and ε_θ for forecasts: best (by validation) | latest
     c.ensemble.init_times = config_dict.placeholder(str)  # forecast --init default (None: test_period start)
 
-    # --- guidance tuning (tune-guidance) -------------------------------------------------------------------------
+    # --- tuning an ensemble's scale (tune, tune-guidance) ----------------------------------------------------------
     c.tuning = ml_collections.ConfigDict()
-    c.tuning.guidance_scales = (0.3, 0.5, 0.7, 1.0)  # authors' grid
-    c.tuning.walks = (1, 3, 7)  # authors' grid
+    c.tuning.guidance_scales = (0.3, 0.5, 0.7, 1.0)  # def: λ, the authors' grid
+    c.tuning.walks = (1, 3, 7)  # def: K, the authors' grid
+    c.tuning.perturbation_scales = (0.25, 0.5, 1.0, 2.0)  # gaussian, correlated, bred: ensemble.perturbation_scale
+    c.tuning.lag_steps = (1, 2, 3)  # lagged: ensemble.lag_steps
+    c.tuning.criterion = "spread_skill"  # spread_skill (mean |log SSR| smallest) | crps (lowest CRPS / det. MAE)
 
     # --- evaluation ----------------------------------------------------------------------------------------------
     c.evaluation = ml_collections.ConfigDict()
@@ -205,6 +226,16 @@ def _hrrr_grid(c: ml_collections.ConfigDict) -> None:
     c.data.test_period = "2024-11-16T00:2024-12-31T23"
 
 
+def _def_unconditional(c: ml_collections.ConfigDict) -> None:
+    """DEF's ε_θ as the unconditional model alone (docs/TRAINING.md, measured on the demo): the conditional branch in
+    closed form, every training sample unconditional, the null condition's skip the training climate's Gaussian
+    model (its U-Net's ε-loss at τ ≤ 10 fell from 1.0 to 0.2-0.3 and its samples' spectra from up to 1900× the data's
+    to 1-2×, at the same 800 updates)."""
+    c.diffusion.conditional = "exact"
+    c.diffusion.p_uncond = 1.0
+    c.denoiser.null_prior = "spectral"
+
+
 def _hrrr_expanded(c: ml_collections.ConfigDict) -> None:
     _hrrr_grid(c)
     c.forecaster = _unet(128, (1, 2, 2, 4), attention_levels=(2, 3))
@@ -218,6 +249,7 @@ def _hrrr_expanded(c: ml_collections.ConfigDict) -> None:
     c.sampler.steps = 10  # DPM-Solver++ 2M
     c.ensemble.members, c.ensemble.walks, c.ensemble.guidance_scale = 16, 8, 0.1
     c.ensemble.lead_hours = 240
+    _def_unconditional(c)
 
 
 def _hrrr_4090(c: ml_collections.ConfigDict) -> None:
@@ -305,6 +337,7 @@ def _demo(c: ml_collections.ConfigDict) -> None:
     c.training.forecaster.max_steps = 600
     c.training.diffusion.max_steps = 800
     c.training.diffusion.learning_rate = 1e-3  # ε_θ learns several times faster than at 2e-4 (docs/TRAINING.md)
+    _def_unconditional(c)
     c.sampler.x0_clip = 10.0  # a short-trained ε_θ: keep x̂_0 within ±10 σ (see samplers.clipped_eps)
     c.ensemble.lead_hours = 12
     c.ensemble.lead_chunk = 12

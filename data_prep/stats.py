@@ -10,12 +10,18 @@ the block, float64) are merged into the running totals with Chan et al.'s (1979)
     n = n_a + n_b,   δ = μ_b − μ_a,   μ = μ_a + δ n_b / n,   M2 = M2_a + M2_b + δ² n_a n_b / n,
 
 which is exact in exact arithmetic and numerically stable; σ = sqrt(M2 / n) (population standard deviation).
+
+Then, over at most ``spectral_slots`` slots spread evenly through the period, the cross-channel power spectrum of the
+normalized state channels (:func:`def_jax.diffusion.spectral.binned_cross_spectrum`, on tiles of at most
+``spectral_tile``² points): the stationary Gaussian climate that ε_θ's unconditional branch starts from
+(``denoiser.null_prior = "spectral"``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +31,8 @@ import zarr
 
 from def_jax.catalogue import Variable
 from def_jax.data import schema
+from def_jax.data.source import load_stats, normalize_inplace, read_fields, state_fields
+from def_jax.diffusion.spectral import BIN_EDGES, binned_cross_spectrum
 from def_jax.errors import UserError
 from def_jax.progress import progress as progress_bar
 
@@ -73,7 +81,8 @@ def _as_nclp(a: np.ndarray, var: Variable) -> np.ndarray:
 
 
 def compute_stats(store: Path, period: str, block: int = 24, progress: bool = True,
-                  log: Callable[[str], None] = print) -> dict[str, dict[str, np.ndarray]]:
+                  log: Callable[[str], None] = print, spectral_slots: int = 256,
+                  spectral_tile: int = 256) -> dict[str, dict[str, np.ndarray]]:
     """Statistics of every variable over ``period`` (``START:END``); also written into the store."""
     ds = schema.open_store(store)
     catalogue = schema.store_catalogue(ds)
@@ -118,9 +127,55 @@ def compute_stats(store: Path, period: str, block: int = 24, progress: bool = Tr
         if np.any(m.n < expected):
             log(f"note: {var.name}: {int(expected * var.num_channels - m.n.sum())} non-finite values ignored")
     _write(store, ds, catalogue, result, period, int(slots.size), int(pair_ok.sum()))
+    used = spectral_covariance(store, slots, spectral_slots, spectral_tile, progress)
     log(f"{store}: statistics of {len(catalogue.variables)} variables over {slots.size} slots "
-        f"({int(pair_ok.sum())} one-step pairs) of {period}")
+        f"({int(pair_ok.sum())} one-step pairs) of {period}; the state's power spectrum from {used} of them")
     return result
+
+
+def _tiles(n: int, tile: int) -> list[slice]:
+    """Non-overlapping tiles of at most ``tile`` points covering [0, n) (the last one may be shorter)."""
+    count = -(-n // tile)
+    size = -(-n // count)
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def spectral_covariance(store: Path, slots: np.ndarray, max_slots: int, tile: int, progress: bool = True) -> int:
+    """Write the state channels' cross-channel power spectrum over ``max_slots`` of ``slots`` (evenly spread),
+    normalized by the statistics just written; returns the slots used."""
+    ds = schema.open_store(store)
+    fields = state_fields(ds, str(store))
+    stats = load_stats(ds, fields, str(store))
+    group = zarr.open_group(store, mode="r")
+    arrays = {f.name: group[f.name] for f in fields}
+    pick = np.unique(slots[np.linspace(0, len(slots) - 1, min(int(max_slots), len(slots))).round().astype(int)])
+    ys, xs = _tiles(ds.sizes["y"], tile), _tiles(ds.sizes["x"], tile)
+    k, c = len(BIN_EDGES) - 1, len(stats.channels)
+    sums, modes = np.zeros((k, c, c)), np.zeros(k)
+    with progress_bar(len(pick), "stats: spectrum", "slot", progress) as bar:
+        for slot in pick:
+            for y_sl in ys:
+                for x_sl in xs:
+                    x = read_fields(arrays, fields, slice(int(slot), int(slot) + 1), y_sl, x_sl)  # [1, h, w, C]
+                    normalize_inplace(x, stats)
+                    s_, m_ = binned_cross_spectrum(x)
+                    sums, modes = sums + s_, modes + m_
+            bar.update(1)
+    cov = sums / np.maximum(modes, 1.0)[:, None, None]
+    edges = np.asarray(BIN_EDGES)
+    out = xr.Dataset(
+        {schema.SPECTRAL_COVARIANCE: (("spectral_bin", "state_channel", "state_channel_2"), cov,
+                                      {"long_name": "cross-channel power spectrum of the normalized state channels "
+                                                    "(orthonormal 2-D FFT, real part, mean over the modes of each "
+                                                    "radial frequency bin)",
+                                       "units": "1", "channels": json.dumps(list(stats.channels)),
+                                       "slots": int(len(pick)), "tile": int(tile)}),
+         schema.SPECTRAL_MODES: (("spectral_bin",), modes, {"long_name": "FFT modes × slots behind each bin"})},
+        coords={"spectral_bin_lower": (("spectral_bin",), edges[:-1], {"units": "cycles per grid point"}),
+                "spectral_bin_upper": (("spectral_bin",), edges[1:], {"units": "cycles per grid point"})})
+    out.attrs = zarr.open_group(store, mode="r").attrs.asdict()
+    out.to_zarr(store, mode="a", consolidated=False)
+    return int(len(pick))
 
 
 def _write(store: Path, ds: xr.Dataset, catalogue, result: dict, period: str, n_slots: int, n_pairs: int) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from data_prep.grib_write import GribEncoder
 from data_prep.layout import KINDS, noaa_path
 from data_prep.store_writer import common_levels
-from data_prep.synth_dynamics import MiniHRRR
+from data_prep.synth_dynamics import WORLD_VERSION, MiniHRRR
 from def_jax.catalogue import Catalogue
 from def_jax.errors import UserError
 from def_jax.geo import HRRR_CONUS, LambertGrid
@@ -103,7 +103,7 @@ def synth(out_dir: Path, start: str, hours: int, catalogue: Catalogue, *, ny: Op
                     written.append(path)
             model.step()
             bar.update(1)
-    meta = {"generator": "def-jax synth (mini-HRRR)", "start": str(t0), "hours": hours, "seed": seed,
+    meta = {"generator": "def-jax synth (mini-HRRR)", "world_version": WORLD_VERSION, "start": str(t0), "hours": hours, "seed": seed,
             "ny": grid.ny, "nx": grid.nx, "stride": stride, "dx_m": grid.dx, "lat_first": grid.lat_first,
             "lon_first": grid.lon_first, "catalogue": catalogue.name}
     _write_atomic(Path(out_dir) / "synth.json", (json.dumps(meta, indent=2) + "\n").encode())

@@ -61,6 +61,8 @@ from scipy import ndimage
 
 from def_jax.catalogue import HRRR_LEVELS, REFC_NO_ECHO
 
+# The version of the simulated world, recorded in synth.json: runs made from another version's files are stale.
+WORLD_VERSION = 2
 RD, RV, CP, G, LV = 287.04, 461.5, 1004.6, 9.80665, 2.501e6  # J/(kg K), J/(kg K), J/(kg K), m/s^2, J/kg
 KAPPA, EPS = RD / CP, RD / RV
 P0, P_TROP, P_CAP = 1.0e5, 2.0e4, 7.5e4  # Pa: reference, tropopause, elevated warm layer

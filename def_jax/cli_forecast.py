@@ -1,4 +1,4 @@
-"""The forecast, tune-guidance, evaluate and plot commands of ``def-jax``."""
+"""The forecast, tune (tune-guidance), evaluate and plot commands of ``def-jax``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 FORECAST_OVERRIDES = {
     "lead_hours": "ensemble.lead_hours", "members": "ensemble.members", "walks": "ensemble.walks",
     "guidance_scale": "ensemble.guidance_scale", "sampler_steps": "sampler.steps",
+    "perturbation": "ensemble.perturbation", "perturbation_scale": "ensemble.perturbation_scale",
 }
 
 
@@ -34,6 +35,12 @@ def forecast_define(fv: flags.FlagValues) -> None:
                        flag_values=fv, lower_bound=0.0)
     flags.DEFINE_integer("sampler_steps", None, "Solver steps S per reverse diffusion (config.sampler.steps).",
                          flag_values=fv, lower_bound=1)
+    flags.DEFINE_enum("perturbation", None, ["def", "gaussian", "correlated", "bred", "lagged"],
+                      "What the members are made of (config.ensemble.perturbation): DEF's guided walks or a "
+                      "baseline ensemble.", flag_values=fv)
+    flags.DEFINE_float("perturbation_scale", None, "Amplitude of gaussian/correlated noise and bred vectors, × each "
+                       "channel's one-step-difference std (config.ensemble.perturbation_scale).", flag_values=fv,
+                       lower_bound=0.0)
     flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/forecasts).", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Redo cycles whose file exists.", flag_values=fv)
 
@@ -138,9 +145,14 @@ def plot_run(inv: "Invocation") -> int:
 
 
 def tune_define(fv: flags.FlagValues) -> None:
-    flags.DEFINE_list("scales", None, "Guidance scales λ to try (default: config.tuning.guidance_scales).",
-                      flag_values=fv)
-    flags.DEFINE_list("walks", None, "Walks K to try (default: config.tuning.walks).", flag_values=fv)
+    flags.DEFINE_enum("perturbation", None, ["def", "gaussian", "correlated", "bred", "lagged"],
+                      "The ensemble to tune (default: config.ensemble.perturbation).", flag_values=fv)
+    flags.DEFINE_list("scales", None, "Scales to try: λ for def (default config.tuning.guidance_scales), the noise "
+                      "amplitude for gaussian/correlated/bred (config.tuning.perturbation_scales), the lag in steps "
+                      "for lagged (config.tuning.lag_steps).", flag_values=fv)
+    flags.DEFINE_list("walks", None, "def: walks K to try (default: config.tuning.walks).", flag_values=fv)
+    flags.DEFINE_enum("by", None, ["spread_skill", "crps"], "Choose the setting with spread/skill nearest 1 or with "
+                      "the lowest CRPS (default: config.tuning.criterion).", flag_values=fv)
     flags.DEFINE_float("every", 12.0, "Hours between the validation cycles.", flag_values=fv, lower_bound=1.0)
     flags.DEFINE_integer("max_cycles", 4, "At most this many validation cycles per setting.", flag_values=fv,
                          lower_bound=1)
@@ -149,31 +161,37 @@ def tune_define(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("members", None, "Members B (config.ensemble.members).", flag_values=fv, lower_bound=2)
     flags.DEFINE_integer("sampler_steps", None, "Solver steps S (config.sampler.steps).", flag_values=fv,
                          lower_bound=1)
-    flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/tuning).", flag_values=fv)
+    flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/tuning, or WORKDIR/tuning_<perturbation> "
+                        "for a baseline).", flag_values=fv)
 
 
 def tune_run(inv: "Invocation") -> int:
     from def_jax.errors import UserError
-    from def_jax.tuning import tune_guidance
+    from def_jax.tuning import best_overrides, tune
 
     fv = inv.flags
     cfg = apply_overrides(inv.config, fv, {k: v for k, v in FORECAST_OVERRIDES.items()
-                                           if k in ("lead_hours", "members", "sampler_steps")})
+                                           if k in ("lead_hours", "members", "sampler_steps", "perturbation")})
+    kind = cfg.ensemble.perturbation
+    default = {"def": cfg.tuning.guidance_scales, "lagged": cfg.tuning.lag_steps}.get(
+        kind, cfg.tuning.perturbation_scales)
+    if fv.walks and kind != "def":
+        raise UserError(f"--walks: the {kind} ensemble has no walks (they are DEF's)")
     try:
-        scales = [float(x) for x in (fv.scales or cfg.tuning.guidance_scales)]
+        scales = [float(x) for x in (fv.scales or default)]
         walks = [int(x) for x in (fv.walks or cfg.tuning.walks)]
     except ValueError:
         raise UserError("--scales takes numbers such as 0.3,0.5 and --walks whole numbers such as 1,3") from None
     if any(s < 0 for s in scales) or any(k < 0 for k in walks):
         raise UserError("--scales and --walks must be >= 0")
-    out = Path(fv.out) if fv.out else inv.workdir / "tuning"
-    result = tune_guidance(cfg, inv.workdir, out, scales=scales, walks=walks, every_hours=fv.every,
-                           max_cycles=fv.max_cycles)
-    print(f"{'K':>3} {'λ':>6} {'SSR':>7} {'|log SSR|':>10} {'CRPS/MAE det':>13}")
+    out = Path(fv.out) if fv.out else inv.workdir / ("tuning" if kind == "def" else f"tuning_{kind}")
+    result = tune(cfg, inv.workdir, out, scales=scales, walks=walks, every_hours=fv.every,
+                  max_cycles=fv.max_cycles, by=fv.by or cfg.tuning.criterion)
+    print(f"{'ensemble':<11} {'K':>3} {'scale':>6} {'SSR':>7} {'|log SSR|':>10} {'CRPS/MAE det':>13}")
     for r in result["rows"]:
-        print(f"{r['walks']:>3} {r['guidance_scale']:>6g} {r['mean_ssr']:>7.3f} {r['mean_abs_log_ssr']:>10.3f} "
-              f"{r['crps_over_deterministic_mae']:>13.3f}")
+        print(f"{r['perturbation']:<11} {r['walks']:>3} {r['scale']:>6g} {r['mean_ssr']:>7.3f} "
+              f"{r['mean_abs_log_ssr']:>10.3f} {r['crps_over_deterministic_mae']:>13.3f}")
     b = result["best"]
-    print(f"best calibrated: --config.ensemble.walks={b['walks']} --config.ensemble.guidance_scale={b['guidance_scale']:g}"
-          f" (spread/skill {b['mean_ssr']:.2f}); table {result['table']}")
+    print(f"best by {fv.by or cfg.tuning.criterion}: {best_overrides(b)} (spread/skill {b['mean_ssr']:.2f}, CRPS / "
+          f"deterministic MAE {b['crps_over_deterministic_mae']:.3f}); table {result['table']}")
     return 0

@@ -1,4 +1,4 @@
-"""The model commands of ``def-jax``: train-forecaster, train-diffusion, info."""
+"""The model commands of ``def-jax``: train-forecaster, train-diffusion, info, check-denoiser."""
 
 from __future__ import annotations
 
@@ -72,4 +72,31 @@ def info_run(inv: "Invocation") -> int:
         from pathlib import Path
 
         write_json({"preset": cfg.preset, "reports": reports}, Path(fv.out))
+    return 0
+
+
+def check_denoiser_define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_list("scales", ["1", "0.7", "0.5", "0.3"], "Guidance scales λ of the walk check.", flag_values=fv)
+    flags.DEFINE_integer("states", 8, "Validation states (every --every hours from data.val_period).",
+                         flag_values=fv, lower_bound=1)
+    flags.DEFINE_integer("members", 4, "Members of the walk from each state.", flag_values=fv, lower_bound=2)
+    flags.DEFINE_float("every", 12.0, "Hours between the validation states.", flag_values=fv, lower_bound=1.0)
+    flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/check_denoiser).", flag_values=fv)
+
+
+def check_denoiser_run(inv: "Invocation") -> int:
+    from pathlib import Path
+
+    from def_jax.evaluation.denoiser_check import check_denoiser
+
+    fv = inv.flags
+    try:
+        scales = [float(s) for s in fv.scales]
+    except ValueError:
+        raise UserError(f"--scales: expected numbers such as 1,0.5; got {','.join(fv.scales)}") from None
+    if any(not s >= 0 for s in scales):
+        raise UserError(f"--scales must be >= 0; got {','.join(fv.scales)}")
+    out = Path(fv.out) if fv.out else inv.workdir / "check_denoiser"
+    check_denoiser(inv.config, inv.workdir, out, scales=scales, states=fv.states, members=fv.members,
+                   every_hours=fv.every)
     return 0

@@ -88,7 +88,10 @@ _CHOICES: dict[str, tuple] = {
     "data.normalization": ("global", "per_sample"),
     "diffusion.schedule": SCHEDULES,
     "diffusion.mode": ("def", "direct"),
+    "diffusion.conditional": ("network", "exact"),
+    "ensemble.perturbation": ("def", "gaussian", "correlated", "bred", "lagged"),
     "denoiser.skip_coefficients": ("learned", "exact"),
+    "denoiser.null_prior": ("white", "spectral"),
     "sampler.name": SAMPLERS,
     "sampler.method": ("multistep", "singlestep"),
     "sampler.spacing": SPACINGS,
@@ -101,6 +104,7 @@ _CHOICES: dict[str, tuple] = {
     "training.diffusion.forecaster_checkpoint": ("best", "latest"),
     "ensemble.checkpoint": ("best", "latest"),
     "evaluation.area_weighting": ("uniform", "map_factor", "coslat"),
+    "tuning.criterion": ("spread_skill", "crps"),
 }
 
 
@@ -165,6 +169,10 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "ensemble.lead_hours": _at_least(0),
     "ensemble.member_chunk": _at_least(0),
     "ensemble.lead_chunk": _at_least(1),
+    "ensemble.perturbation_scale": lambda v: None if math.isfinite(v) and v >= 0 else f"must be finite and >= 0; got {v}",
+    "ensemble.correlation_length_km": _at_least(0.0),
+    "ensemble.breeding_steps": _at_least(0),
+    "ensemble.lag_steps": _at_least(1),
     **_unet_rules("forecaster"),
     **_unet_rules("denoiser"),
 }
@@ -188,6 +196,19 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if cfg.denoiser.skip_coefficients == "exact" and cfg.denoiser.linear_skip and cfg.diffusion.mode != "def":
         raise ConfigError("denoiser.skip_coefficients", "'exact' is DEF's answer for a condition that is the state; "
                           f"diffusion.mode={cfg.diffusion.mode!r} needs 'learned'")
+    if cfg.denoiser.null_prior == "spectral" and not (cfg.denoiser.linear_skip and
+                                                      cfg.denoiser.skip_coefficients == "exact"):
+        raise ConfigError("denoiser.null_prior", "'spectral' is the null condition's path of the exact skip; it needs "
+                          "denoiser.linear_skip=True and denoiser.skip_coefficients=exact")
+    if cfg.diffusion.conditional == "exact" and cfg.diffusion.mode != "def":
+        raise ConfigError("diffusion.conditional", "'exact' is the closed form of DEF's condition (the state itself); "
+                          f"diffusion.mode={cfg.diffusion.mode!r} needs 'network'")
+    if cfg.diffusion.p_uncond == 1.0 and cfg.diffusion.conditional == "network":
+        raise ConfigError("diffusion.p_uncond", "1.0 never trains the conditional branch that "
+                          "diffusion.conditional='network' samples with; set diffusion.conditional=exact")
+    if cfg.diffusion.mode == "direct" and cfg.ensemble.perturbation != "def":
+        raise ConfigError("ensemble.perturbation", f"{cfg.ensemble.perturbation!r} perturbs DEF's rollout; the "
+                          "direct generative mode (diffusion.mode=direct) samples its members: leave it at 'def'")
     lead, dt = cfg.ensemble.lead_hours, cfg.data.dt_hours
     if lead % dt:
         raise ConfigError("ensemble.lead_hours", f"must be a multiple of data.dt_hours={dt}; got {lead}")

@@ -79,13 +79,14 @@ def data_stages(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
     from data_prep.prepare import PrepareOptions, prepare
     from data_prep.stats import compute_stats
     from data_prep.synth import synth
+    from data_prep.synth_dynamics import WORLD_VERSION
     from def_jax.data.pipeline import make_loader, source_from_config
 
     catalogue = load_catalogue(cfg.data.catalogue, cfg.data.levels)
     grib, store = workdir / "grib", workdir / Path(cfg.data.store).name
     s, (ny, nx) = cfg.data.synth, cfg.data.grid_shape
-    wanted = {"start": str(np.datetime64(s.start, "h")), "hours": s.hours, "seed": s.seed, "ny": ny, "nx": nx,
-              "stride": s.stride or 1}
+    wanted = {"world_version": WORLD_VERSION, "start": str(np.datetime64(s.start, "h")), "hours": s.hours,
+              "seed": s.seed, "ny": ny, "nx": nx, "stride": s.stride or 1}
     meta = grib / "synth.json"
     if meta.exists() and {k: json.loads(meta.read_text()).get(k) for k in wanted} == wanted:
         print(f"synth: reusing {grib} ({s.hours} h of {ny}×{nx} mini-HRRR)")

@@ -1,12 +1,16 @@
-"""``def-jax tune-guidance``: choose the guidance scale λ (and walks K) from validation data so that the ensemble is
-calibrated, i.e. its spread/skill ratio is near 1 (DEF_METHOD §5: "give users a way to choose it from data").
+"""``def-jax tune``: choose an ensemble's scale (DEF's guidance scale λ and walks K, a baseline's noise amplitude, a
+lagged ensemble's lag) from validation data, so that the ensemble is calibrated or has the lowest CRPS (DEF_METHOD §5:
+"give users a way to choose it from data"). ``def-jax tune-guidance`` is the same for DEF.
 
-For each (K, λ) of the grid (``tuning.walks`` × ``tuning.guidance_scales``): DEF forecasts from initial times in
-``data.val_period`` (never the test period), scored against the store like ``def-jax evaluate``. The criterion is
-the mean over state channels and lead times of |log SSR| (SSR = spread/skill with the finite-ensemble correction):
-0 for a perfectly calibrated ensemble, symmetric in under- and over-dispersion. The fair CRPS relative to the
-deterministic rollout's MAE is reported beside it (lower is better), so a calibrated but useless setting is visible.
-Results go to ``OUT/tuning.csv`` (one row per setting) and the chosen setting is printed as config overrides.
+For each setting of the grid (the scales × for DEF the walks K): forecasts from initial times in
+``data.val_period`` (never the test period), scored against the store like ``def-jax evaluate``. Criteria (``by``):
+``spread_skill``, the mean over state channels and lead times of |log SSR| (SSR = spread/skill with the
+finite-ensemble correction; 0 for a perfectly calibrated ensemble, symmetric in under- and over-dispersion, and not
+cancelled between leads that are over- and under-dispersed), or ``crps``, the mean ratio of the fair CRPS to the
+deterministic rollout's MAE (lower is better); each is reported beside the other, so a calibrated but useless setting
+is visible. One forecaster (models loaded once) serves every scale of a K, with the scale a traced argument: the
+grid compiles one rollout program per K (the lagged ensemble's lag changes the programs' shapes: one per lag).
+Results go to ``OUT/tuning.csv`` (one row per setting); the chosen setting is printed as config overrides.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import pandas as pd
 
 from def_jax.errors import UserError
 
-COLUMNS = ("walks", "guidance_scale", "mean_ssr", "mean_abs_log_ssr", "crps_over_deterministic_mae",
+COLUMNS = ("perturbation", "walks", "scale", "mean_ssr", "mean_abs_log_ssr", "crps_over_deterministic_mae",
            "rmse_over_deterministic", "cycles", "forecasts")
+CRITERIA = ("spread_skill", "crps")
 
 
 def validation_inits(cfg: Any, every_hours: float, max_cycles: int) -> list[np.datetime64]:
@@ -44,7 +49,9 @@ def validation_inits(cfg: Any, every_hours: float, max_cycles: int) -> list[np.d
 
 def summarize(scores: pd.DataFrame) -> dict[str, float]:
     """The tuning criteria from a ``scores.csv`` table (docs/FORECASTS.md)."""
-    ens = scores[scores.system.isin(["def", "direct"])]
+    from def_jax.evaluation.tables import ENSEMBLES
+
+    ens = scores[scores.system.isin(ENSEMBLES)]
     ssr = ens[ens.score == "ssr"].value.to_numpy(float)
     ssr = ssr[np.isfinite(ssr) & (ssr > 0)]
     key = ["variable", "level", "lead_hours"]
@@ -74,34 +81,64 @@ def pick_best(rows: Sequence[dict], by: str = "spread_skill") -> Optional[dict]:
     return min(finite, key=lambda r: tuple(r[k] for k in order)) if finite else None
 
 
-def tune_guidance(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[float], walks: Sequence[int],
-                  every_hours: float = 12.0, max_cycles: int = 4, log: Callable[[str], None] = print) -> dict:
-    """Run the grid (module docstring); return ``{"rows": [...], "best": row, "table": path}``."""
-    from def_jax.evaluation.evaluate import evaluate
-    from def_jax.forecast.run import forecast
+def setting_tag(perturbation: str, walks: int, scale: float) -> str:
+    """The folder name of one setting: ``K2_lambda0.5`` for DEF, ``gaussian_scale0.3``, ``lagged_lag2``."""
+    if perturbation in ("def", "direct"):
+        return f"K{int(walks)}_lambda{float(scale):g}"
+    return f"lagged_lag{int(scale)}" if perturbation == "lagged" else f"{perturbation}_scale{float(scale):g}"
 
+
+def tune(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[float], walks: Sequence[int] = (1,),
+         every_hours: float = 12.0, max_cycles: int = 4, by: str = "spread_skill",
+         log: Callable[[str], None] = print) -> dict:
+    """Run the grid of ``config.ensemble.perturbation`` (module docstring); return ``{"rows", "best", "table"}``.
+    Finished forecast files of a setting are reused (the same settings make the same file)."""
+    from def_jax.evaluation.evaluate import evaluate
+    from def_jax.forecast.ensemble import Ensemble
+    from def_jax.forecast.netcdf import forecast_filename
+    from def_jax.forecast.run import Forecaster
+
+    if by not in CRITERIA:
+        raise UserError(f"--by: expected one of {', '.join(CRITERIA)}; got {by!r}")
     if not scales or not walks:
-        raise UserError("tune-guidance needs at least one guidance scale and one walks value")
-    inits = validation_inits(cfg, every_hours, max_cycles)
+        raise UserError("tune needs at least one scale (and, for DEF, one walks value)")
+    inits = [np.datetime64(t, "ns") for t in validation_inits(cfg, every_hours, max_cycles)]
     out_dir = Path(out_dir)
+    kind = Ensemble.from_config(cfg).kind
+    grid_walks = [int(k) for k in walks] if kind == "def" else [0]
     rows = []
-    for k in walks:
-        for lam in scales:
-            c = cfg.copy_and_resolve_references()
-            c.ensemble.walks, c.ensemble.guidance_scale = int(k), float(lam)
-            c.ensemble.include_deterministic = True
-            tag = f"K{int(k)}_lambda{float(lam):g}"
-            log(f"tune-guidance: K={k}, λ={lam:g} on {len(inits)} validation cycle(s)")
-            files = forecast(c, workdir, out_dir / tag / "forecasts", inits, log=log)
+    for k in grid_walks:
+        c = cfg.copy_and_resolve_references()
+        c.ensemble.include_deterministic = True
+        if kind == "def":
+            c.ensemble.walks = int(k)
+        base = Ensemble.from_config(c)
+        settings = [base.with_scale(float(s)) for s in scales]
+        max_pre = max(e.pre_steps for e in settings)
+        runner: Optional[Forecaster] = None
+        for ens in settings:
+            tag = setting_tag(kind, k, ens.scale)
+            folder = out_dir / tag / "forecasts"
+            files = [folder / forecast_filename(t) for t in inits]
+            log(f"tune: {ens.describe()} on {len(inits)} validation cycle(s)")
+            for t, path in zip(inits, files):
+                if path.exists():
+                    log(f"  {path} exists: reused")
+                    continue
+                if runner is None:  # models loaded, inputs checked once per K
+                    runner = Forecaster(c, workdir, log, inits=tuple(inits), trace_scale=True,
+                                        max_pre_steps=max_pre)
+                runner.run_cycle(t, folder, ensemble=ens)
             result = evaluate(files, Path(c.data.store), out_dir / tag / "evaluation", config=c, log=lambda m: None)
-            row = {"walks": int(k), "guidance_scale": float(lam), **summarize(pd.read_csv(result["tables"]["scores"])),
-                   "cycles": len(inits), "forecasts": str(out_dir / tag / "forecasts")}
+            row = {"perturbation": kind, "walks": int(k), "scale": ens.scale,
+                   **summarize(pd.read_csv(result["tables"]["scores"])), "cycles": len(inits),
+                   "forecasts": str(folder)}
             log(f"  spread/skill {row['mean_ssr']:.3f} (mean |log SSR| {row['mean_abs_log_ssr']:.3f}), CRPS / "
                 f"deterministic MAE {row['crps_over_deterministic_mae']:.3f}")
             rows.append(row)
-    best = pick_best(rows)
+    best = pick_best(rows, by)
     if best is None:
-        raise UserError("tune-guidance: no setting produced a finite spread/skill ratio (are there ≥ 2 members?)")
+        raise UserError("tune: no setting produced a finite spread/skill ratio (are there ≥ 2 members?)")
     table = out_dir / "tuning.csv"
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = table.with_name(".tuning.csv.tmp")
@@ -112,3 +149,15 @@ def tune_guidance(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[fl
             w.writerow({k: r[k] for k in COLUMNS})
     os.replace(tmp, table)
     return {"rows": rows, "best": best, "table": table}
+
+
+def best_overrides(row: dict) -> str:
+    """The chosen setting as config overrides."""
+    from def_jax.forecast.ensemble import SCALE_FIELDS
+
+    kind = row["perturbation"]
+    scale = int(row["scale"]) if kind == "lagged" else f"{row['scale']:g}"
+    parts = [] if kind == "direct" else [f"--config.ensemble.perturbation={kind}"]
+    if kind == "def":
+        parts.append(f"--config.ensemble.walks={row['walks']}")
+    return " ".join(parts + [f"--config.{SCALE_FIELDS[kind]}={scale}"])

@@ -66,6 +66,13 @@ def test_unknown_variant():
         ("data.normalization", "minmax", "config.data.normalization"),
         ("denoiser.skip_coefficients", "fixed", "config.denoiser.skip_coefficients: must be one of learned, exact"),
         ("diffusion.mode", "direct", "config.denoiser.skip_coefficients: 'exact' is DEF's answer"),
+        ("diffusion.conditional", "network", "config.diffusion.p_uncond: 1.0 never trains the conditional branch"),
+        ("denoiser.skip_coefficients", "learned", "config.denoiser.null_prior: 'spectral' is the null condition's"),
+        ("diffusion.conditional", "analytic", "config.diffusion.conditional: must be one of network, exact"),
+        ("ensemble.perturbation", "noise", "config.ensemble.perturbation: must be one of def, gaussian"),
+        ("ensemble.lag_steps", 0, "config.ensemble.lag_steps: must be >= 1"),
+        ("ensemble.perturbation_scale", -0.1, "config.ensemble.perturbation_scale: must be finite and >= 0"),
+        ("tuning.criterion", "rmse", "config.tuning.criterion: must be one of spread_skill, crps"),
     ],
 )
 def test_invalid_values_are_named(field, value, message):
@@ -77,6 +84,20 @@ def test_invalid_values_are_named(field, value, message):
     holder[name] = value
     with pytest.raises(configuration.ConfigError, match=message.replace("(", r"\(")):
         configuration.validate(cfg)
+
+
+def test_settings_that_belong_to_the_def_mode_are_refused_elsewhere():
+    cfg = presets.get_config("hrrr_4090")  # direct mode
+    cfg.ensemble.perturbation = "gaussian"
+    with pytest.raises(configuration.ConfigError, match="config.ensemble.perturbation: 'gaussian' perturbs DEF"):
+        configuration.validate(cfg)
+    cfg = presets.get_config("hrrr_4090")
+    cfg.diffusion.conditional = "exact"
+    with pytest.raises(configuration.ConfigError, match="config.diffusion.conditional: 'exact' is the closed form"):
+        configuration.validate(cfg)
+    cfg = presets.get_config("demo")
+    assert (cfg.diffusion.p_uncond, cfg.diffusion.conditional, cfg.denoiser.null_prior) == (1.0, "exact", "spectral")
+    configuration.validate(cfg)
 
 
 def test_field_suggestions():

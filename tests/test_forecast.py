@@ -220,24 +220,32 @@ def test_direct_mode_forecast(mini_store, trained_workdir, tmp_path):
     assert not np.array_equal(ds.t2m.values[0, 0], ds.t2m.values[0, 1])
 
 
-def test_tune_guidance_picks_the_best_calibrated_setting(mini_store, trained_workdir, tmp_path):
-    """The λ grid on validation cycles: one row per setting, the chosen one has the smallest mean |log SSR|, and the
-    forecasts come from the validation period only."""
+def test_tune_picks_the_best_calibrated_setting_compiling_one_rollout(mini_store, trained_workdir, tmp_path,
+                                                                       monkeypatch):
+    """The λ grid on validation cycles: one row per setting, the chosen one has the smallest mean |log SSR|, the
+    forecasts come from the validation period only, and every λ of a K runs the same compiled rollout (λ traced)."""
     import pandas as pd
 
-    from def_jax.tuning import tune_guidance
+    from def_jax.forecast import run as forecast_run
+    from def_jax.tuning import tune
 
+    built = []
+    original = forecast_run.build_program
+    monkeypatch.setattr(forecast_run, "build_program", lambda spec, *a: built.append(spec) or original(spec, *a))
     workdir, _ = trained_workdir
     cfg = config(mini_store, members=3, lead_hours=2)
     cfg.sampler.steps = 2
-    result = tune_guidance(cfg, workdir, tmp_path, scales=[0.2, 1.0], walks=[1], every_hours=4, max_cycles=2,
-                           log=lambda m: None)
+    result = tune(cfg, workdir, tmp_path, scales=[0.2, 0.6, 1.0], walks=[1], every_hours=4, max_cycles=2,
+                  log=lambda m: None)
     table = pd.read_csv(result["table"])
-    assert list(table.guidance_scale) == [0.2, 1.0] and (table.cycles == 2).all()
+    assert list(table.scale) == [0.2, 0.6, 1.0] and (table.cycles == 2).all() and (table.perturbation == "def").all()
     assert result["best"]["mean_abs_log_ssr"] == table.mean_abs_log_ssr.min()
     assert (table.mean_ssr > 0).all() and np.isfinite(table.crps_over_deterministic_mae).all()
     inits = sorted(p.name for p in (tmp_path / "K1_lambda0.2" / "forecasts").glob("*.nc"))
     assert inits == ["forecast_20240602T16.nc", "forecast_20240602T20.nc"]  # data.val_period 2024-06-02T16–T23
+    ensemble_programs = [s for s in built if s.perturbs]
+    assert len(ensemble_programs) == 1 and ensemble_programs[0].guidance == "guided", built
+    assert len(built) == 2  # and the deterministic rollout
 
 
 def test_pick_best_orders_by_spread_skill_or_by_crps():
@@ -252,3 +260,30 @@ def test_pick_best_orders_by_spread_skill_or_by_crps():
     assert pick_best(rows)["guidance_scale"] == 0.5  # ties on |log SSR| go to the lower CRPS
     assert pick_best(rows, "crps")["guidance_scale"] == 0.7
     assert pick_best([rows[2]]) is None
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "correlated", "bred", "lagged"])
+def test_baseline_ensembles_in_the_forecast_files(mini_store, trained_workdir, tmp_path, kind):
+    """Each baseline runs through ``forecast`` (no denoiser needed), records its settings, and its members differ;
+    a lagged member 0 is the analysis, so it is the deterministic run; member b is the same in a larger ensemble
+    computed in two chunks (4 virtual devices: chunks of 4)."""
+    workdir, _ = trained_workdir
+    settings = dict(members=3, lead_hours=2, perturbation=kind, perturbation_scale=0.5, breeding_steps=2,
+                    lag_steps=1, correlation_length_km=12.0)
+    cfg = config(mini_store, **settings)
+    path = forecast(cfg, workdir, tmp_path / "all", [np.datetime64(INIT)], log=lambda m: None)[0]
+    ds = xr.open_dataset(path)
+    assert ds.attrs["perturbation"] == kind and ds.attrs["walks"] == 0 and "denoiser_checkpoint" in ds.attrs
+    assert ds.attrs["denoiser_checkpoint"] == ""  # ε_θ is not loaded for a baseline
+    expected = {"gaussian": "perturbation_scale", "correlated": "correlation_length_km", "bred": "breeding_steps",
+                "lagged": "lag_steps"}[kind]
+    assert expected in ds.attrs and "guidance_scale" not in ds.attrs
+    t2m = ds.t2m.values[0]  # [M, L, Y, X]
+    assert np.isfinite(t2m).all() and not np.array_equal(t2m[1], t2m[2])
+    if kind == "lagged":
+        np.testing.assert_allclose(t2m[0], ds.t2m_deterministic.values[0], rtol=0, atol=1e-4)
+    else:
+        assert not np.allclose(t2m[0], ds.t2m_deterministic.values[0])
+    cfg.ensemble.members, cfg.ensemble.member_chunk = 5, 4
+    larger = forecast(cfg, workdir, tmp_path / "five", [np.datetime64(INIT)], log=lambda m: None)[0]
+    np.testing.assert_allclose(xr.open_dataset(larger).t2m.values[0, :3], t2m, rtol=0, atol=1e-5)

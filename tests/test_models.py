@@ -169,3 +169,34 @@ def test_denoiser_exact_skip_is_the_def_answer_with_a_condition_and_sigma_x_with
                                sigma[:, None, None, None] * np.asarray(x_tau), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="exact skip coefficients need DEF's condition"):
         Denoiser(4, 6, TINY, rngs=model_rngs(3), linear_skip=True, skip_coefficients="exact")
+
+
+def test_denoiser_validation_separates_the_conditional_and_the_unconditional_model():
+    """ε_θ's validation on standard-normal states with the U-Net's output zeroed: the conditional branch is DEF's
+    exact answer (ε-loss ≈ 0), the unconditional one is σ_τ x_τ, whose expected ε-loss for N(0, 1) data is
+    E‖σα x_0 − α² ε‖² = α_τ² (float64 NumPy: the band means of α² over uniform τ)."""
+    from def_jax.diffusion.schedules import make_schedule
+    from def_jax.training.objectives import band_name, denoiser_validation, tau_bands
+
+    T = 1000
+    schedule = make_schedule("cosine", T)
+    d = Denoiser(3, 3, TINY, rngs=model_rngs(3), linear_skip=True, skip_coefficients="exact", num_steps=T)
+    for p in (d.unet.conv_out.kernel, d.unet.conv_out.bias):
+        p[...] = jnp.zeros_like(p[...])
+    graphdef, params = nnx.split(d)
+    evaluate = jax.jit(denoiser_validation(graphdef, None, schedule, mode="def", conditional="exact",
+                                           forecaster_history=1))
+    batch = {"inputs": jax.random.normal(jax.random.PRNGKey(0), (256, 1, 8, 8, 3))}
+    out = jax.device_get(evaluate(params, batch, None))
+    s_off = 0.008
+    f = lambda n: np.cos((n / T + s_off) / (1 + s_off) * np.pi / 2) ** 2  # noqa: E731
+    alpha2 = f(np.arange(1, T + 1, dtype=np.float64)) / f(0.0)  # ᾱ_τ = α_τ², τ = 1..T
+    bands = tau_bands(T)
+    assert bands == ((1, 10), (11, 100), (101, 300), (301, 600), (601, 1000))
+    for lo, hi in bands:
+        name = band_name((lo, hi), T)
+        assert out[f"eps_c_{name}"] < 1e-4, (name, out[f"eps_c_{name}"])
+        assert out[f"eps_null_{name}"] == pytest.approx(alpha2[lo - 1:hi].mean(), abs=0.03), name
+    assert out["eps_null"] == pytest.approx(sum((hi - lo + 1) / T * out[f"eps_null_{band_name((lo, hi), T)}"]
+                                                for lo, hi in bands), rel=1e-5)
+    assert out["loss"] == pytest.approx(0.5 * (out["eps_c"] + out["eps_null"]), rel=1e-6)

@@ -59,7 +59,7 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
 
     from def_jax.models.networks import def_condition
     from def_jax.training.info import config_channels
-    from def_jax.training.loop import build_denoiser, build_forecaster, init_params
+    from def_jax.training.loop import build_denoiser, build_forecaster, init_params, null_prior
 
     if cfg.diffusion.mode != "def":
         raise ValueError("bench sampler --eps=unet measures the DEF rollout (config.diffusion.mode = def)")
@@ -70,7 +70,7 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
     lead = parallel.leading_sharding(mesh) if batch % n_data == 0 else rep
     gflops_ref = matmul_gflops()
     log(f"matmul reference: {gflops_ref:.1f} GFLOP/s float32")
-    d_graph, d_params = init_params(lambda: build_denoiser(cfg, channels, 1), rep)
+    d_graph, d_params = init_params(lambda: build_denoiser(cfg, channels, 1, null_prior(cfg, None)), rep)
     f_graph, f_params = init_params(lambda: build_forecaster(cfg, channels, 0), rep)
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_steps)
     sample = make_sampler(**cfg.sampler.to_dict())

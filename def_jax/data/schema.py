@@ -14,6 +14,7 @@ import xarray as xr
 
 from def_jax.catalogue import Catalogue, catalogue_from_json
 from def_jax.errors import UserError
+from def_jax.geo import EARTH_RADIUS_GRIB6
 
 SCHEMA_VERSION = 1
 STATUS = "time_status"
@@ -27,9 +28,28 @@ def level_dim(var_name: str, common: bool) -> str:
     return LEVEL if common else f"{var_name}_level"
 
 
+# The state channels' cross-channel power spectrum of the training period (def_jax.diffusion.spectral), written by
+# def-jax stats: covariance [spectral_bin, state_channel, state_channel_2], modes [spectral_bin], bin edges (cycles per
+# grid point) as spectral_bin_lower/upper, and the channel names (JSON) in the covariance's "channels" attribute.
+SPECTRAL_COVARIANCE = "state_spectral_covariance"
+SPECTRAL_MODES = "state_spectral_modes"
+
+
 def stat_names(var_name: str) -> dict[str, str]:
     """Names of the statistics variables of a store variable."""
     return {k: f"{var_name}_{k}" for k in ("mean", "std", "diff_mean", "diff_std")}
+
+
+def grid_spacing_km(ds: xr.Dataset) -> float:
+    """A store's grid spacing in km: from the projection coordinates (m) on a Lambert conformal grid, else the
+    latitude spacing on the sphere of GRIB's shape of the earth 6 (:data:`def_jax.geo.EARTH_RADIUS_GRIB6`)."""
+    crs = dict(ds[CRS].attrs) if CRS in ds else {}
+    x = np.asarray(ds["x"].values, np.float64) if "x" in ds else np.zeros(0)
+    if crs.get("grid_mapping_name") == "lambert_conformal_conic" and len(x) > 1:
+        return float(abs(x[1] - x[0])) / 1000.0
+    lat = np.asarray(ds["latitude"].values, np.float64)
+    dlat = abs(lat[1, 0] - lat[0, 0]) if lat.ndim == 2 and lat.shape[0] > 1 else 1.0
+    return float(np.radians(dlat) * EARTH_RADIUS_GRIB6 / 1000.0)
 
 
 def open_store(path: str | Path) -> xr.Dataset:
@@ -85,3 +105,19 @@ def _split_period(text: str) -> Optional[tuple[str, str]]:
 
 def _complete(t: str) -> str:
     return t + ":00" if len(t) == 13 else t
+
+
+def spectral_covariance(ds: xr.Dataset, store: str, channels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The store's state power spectrum (covariance [K, C, C], modes [K]) for ``channels`` in that order; a one-line
+    error when ``def-jax stats`` has not written it or wrote it for other channels."""
+    import json
+
+    if SPECTRAL_COVARIANCE not in ds or SPECTRAL_MODES not in ds:
+        raise UserError(f"store {store}: no {SPECTRAL_COVARIANCE} (denoiser.null_prior=spectral needs it): rerun "
+                        f"`def-jax stats`")
+    da = ds[SPECTRAL_COVARIANCE]
+    stored = tuple(json.loads(da.attrs.get("channels", "[]")))
+    if stored != tuple(channels):
+        raise UserError(f"store {store}: {SPECTRAL_COVARIANCE} is of channels {list(stored)[:4]}…, not the "
+                        f"catalogue's state channels {list(channels)[:4]}…: rerun `def-jax stats`")
+    return np.asarray(da.values, np.float64), np.asarray(ds[SPECTRAL_MODES].values, np.float64)

@@ -92,28 +92,37 @@ def _field(ds: Any, var: Variable, store: str) -> Field:
     return Field(var.name, tuple(var.channels), tuple(var.levels), idx)
 
 
-def load_stats(ds: Any, fields: Sequence[Field], store: str) -> norm.ChannelStats:
-    """Global statistics of ``fields``' channels from the store's ``<var>_mean``/``<var>_std`` variables."""
-    missing = [n for f in fields for n in (schema.stat_names(f.name)["mean"], schema.stat_names(f.name)["std"])
-               if n not in ds]
+def state_fields(ds: Any, store: str) -> tuple[Field, ...]:
+    """How to read the catalogue's state variables, in the catalogue's channel order (the models')."""
+    return tuple(_field(ds, v, store) for v in schema.store_catalogue(ds).by_role("state"))
+
+
+def channel_statistic(ds: Any, fields: Sequence[Field], store: str, key: str) -> np.ndarray:
+    """One statistic (``mean``, ``std``, ``diff_mean``, ``diff_std``: :func:`schema.stat_names`) of every channel of
+    ``fields`` from the store's ``<var>_<key>`` variables: [C] float64."""
+    missing = [schema.stat_names(f.name)[key] for f in fields if schema.stat_names(f.name)[key] not in ds]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise UserError(f"store {store}: no normalization statistics ({', '.join(missing[:3])}{more} missing); "
                         f"run `def-jax stats` first, or use --config.data.normalization=per_sample")
-    means, stds = [], []
+    out = []
     for f in fields:
-        names = schema.stat_names(f.name)
-        for key, acc in (("mean", means), ("std", stds)):
-            da = ds[names[key]]
-            values = np.atleast_1d(np.asarray(da.values, np.float64))
-            if f.level_index is not None:
-                if da.ndim != 1:
-                    raise UserError(f"store {store}: {names[key]} has dims {da.dims}; expected one level dim")
-                values = values[list(level_indices(ds[da.dims[0]].values, f.levels, f"store {store}: {names[key]}"))]
-            elif values.shape != (1,):
-                raise UserError(f"store {store}: {names[key]} has shape {values.shape}; expected a scalar")
-            acc.append(values)
-    mean, std = np.concatenate(means), np.concatenate(stds)  # [C]
+        name = schema.stat_names(f.name)[key]
+        da = ds[name]
+        values = np.atleast_1d(np.asarray(da.values, np.float64))
+        if f.level_index is not None:
+            if da.ndim != 1:
+                raise UserError(f"store {store}: {name} has dims {da.dims}; expected one level dim")
+            values = values[list(level_indices(ds[da.dims[0]].values, f.levels, f"store {store}: {name}"))]
+        elif values.shape != (1,):
+            raise UserError(f"store {store}: {name} has shape {values.shape}; expected a scalar")
+        out.append(values)
+    return np.concatenate(out)  # [C]
+
+
+def load_stats(ds: Any, fields: Sequence[Field], store: str) -> norm.ChannelStats:
+    """Global statistics of ``fields``' channels from the store's ``<var>_mean``/``<var>_std`` variables."""
+    mean, std = (channel_statistic(ds, fields, store, key) for key in ("mean", "std"))  # [C]
     channels = tuple(c for f in fields for c in f.channels)
     bad = [c for c, m, s in zip(channels, mean, std) if not (np.isfinite(m) and np.isfinite(s) and s >= 0)]
     if bad:
@@ -191,7 +200,7 @@ class WindowSource:
         self.time_encodings = bool(time_encodings)
         ds = schema.open_store(store)
         self.catalogue = schema.store_catalogue(ds)
-        self.state_fields = tuple(_field(ds, v, self.store) for v in self.catalogue.by_role("state"))
+        self.state_fields = state_fields(ds, self.store)
         self.forcing_fields = tuple(_field(ds, v, self.store) for v in self.catalogue.by_role("forcing"))
         if not self.state_fields:
             raise UserError(f"store {self.store}: catalogue {self.catalogue.name!r} has no state variable")

@@ -377,6 +377,7 @@ def guided_eps(
     guidance_scale: float | jax.Array,
     condition: jax.Array,
     null_condition: Optional[jax.Array] = None,
+    conditional_eps: Optional[EpsFn] = None,
 ) -> EpsFn:
     """Classifier-free guidance ε̂(x, t, c) = ε(x, t, ∅) + λ (ε(x, t, c) − ε(x, t, ∅))  (DEF_METHOD §5).
 
@@ -387,17 +388,23 @@ def guided_eps(
         May be a traced value. A Python 1.0 or 0.0 evaluates only the needed half (exactly the same result).
       condition: c, [B, ...].
       null_condition: ∅; defaults to ``zeros_like(condition)``.
+      conditional_eps: ε(x, t, c) in closed form, ``eps(x, t)`` (e.g. ``gaussian_eps_fn(schedule, c, 0)``, DEF's
+        point-mass condition); the network is then called with ∅ only.
     Returns:
       ``eps_fn(x, t)`` for the samplers. For general λ the conditional and unconditional passes are ONE network call
-      on the batch concatenated along axis 0: x → [x; x], c → [c; ∅] (shape [2B, ...]).
+      on the batch concatenated along axis 0: x → [x; x], c → [c; ∅] (shape [2B, ...]); with ``conditional_eps``
+      one call on [B, ...].
     """
     null = jnp.zeros_like(condition) if null_condition is None else null_condition
 
     def eps_fn(x: jax.Array, t: jax.Array) -> jax.Array:
         if isinstance(guidance_scale, (int, float)) and guidance_scale == 1:
-            return eps_cond_uncond_fn(x, t, condition)
+            return eps_cond_uncond_fn(x, t, condition) if conditional_eps is None else conditional_eps(x, t)
         if isinstance(guidance_scale, (int, float)) and guidance_scale == 0:
             return eps_cond_uncond_fn(x, t, null)
+        if conditional_eps is not None:
+            eps_uncond = eps_cond_uncond_fn(x, t, null)  # [B, ...]
+            return eps_uncond + guidance_scale * (conditional_eps(x, t) - eps_uncond)
         eps = eps_cond_uncond_fn(jnp.concatenate([x, x]), t, jnp.concatenate([condition, null]))  # [2B, ...]
         eps_cond, eps_uncond = jnp.split(eps, 2)
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)

@@ -15,7 +15,7 @@ import numpy as np
 
 from def_jax.data import normalization as norm
 from def_jax.data import schema
-from def_jax.data.source import WindowSource, normalize_inplace, read_fields
+from def_jax.data.source import WindowSource, channel_statistic, normalize_inplace, read_fields
 from def_jax.errors import UserError
 
 
@@ -72,23 +72,40 @@ class ForecastInputs:
         h, w = self.grid_shape
         return read_fields(self.source.reader().arrays, fields, t_sl, slice(0, h), slice(0, w))  # [T, H, W, C]
 
-    def check_available(self, init: np.datetime64, steps: int) -> None:
-        """Fail before any work if an initial state or a forcing of the whole horizon is missing (names the time)."""
-        self._indices(self.slot_times(init, 1 - self.history, self.history), "an initial state")
+    def check_available(self, init: np.datetime64, steps: int, pre_steps: int = 0) -> None:
+        """Fail before any work if an initial state or a forcing of the whole horizon is missing (names the time).
+        ``pre_steps`` P: the analyses and forcings of the P steps before the initial time are needed too (bred and
+        lagged ensembles)."""
+        first = 1 - self.history - pre_steps
+        self._indices(self.slot_times(init, first, self.history + pre_steps), "an initial state")
         if self.source.forcing_fields:
-            self._indices(self.slot_times(init, 1 - self.history, self.history + steps - 1), "forcing")
+            self._indices(self.slot_times(init, first, self.history + pre_steps + steps - 1), "forcing")
 
-    def initial_states(self, init: np.datetime64) -> np.ndarray:
-        """Normalized states at slots −k+1..0: [k, H, W, C] float32."""
-        x = self._read(self.source.state_fields, self.slot_times(init, 1 - self.history, self.history),
-                       "an initial state")
+    def states(self, init: np.datetime64, first: int, count: int) -> np.ndarray:
+        """Normalized analyses at slots first..first+count−1: [count, H, W, C] float32."""
+        x = self._read(self.source.state_fields, self.slot_times(init, first, count), "an initial state")
         normalize_inplace(x, self.source.state_stats)
         return x
 
+    def initial_states(self, init: np.datetime64) -> np.ndarray:
+        """Normalized states at slots −k+1..0: [k, H, W, C] float32."""
+        return self.states(init, 1 - self.history, self.history)
+
+    def one_step_std(self) -> np.ndarray:
+        """Each state channel's standard deviation of one-step differences X(t + Δt) − X(t) over the training
+        period in normalized units, ``<var>_diff_std / <var>_std`` (Δt the store's step): [C] float32, the scale of
+        the baseline ensembles' noise (:mod:`def_jax.forecast.perturbations`)."""
+        diff = channel_statistic(schema.open_store(self.store), self.source.state_fields, self.store, "diff_std")
+        return (diff / self.source.state_stats.std).astype(np.float32)
+
+    def grid_spacing_km(self) -> float:
+        """The grid spacing (km) of the store (:func:`def_jax.data.schema.grid_spacing_km`)."""
+        return schema.grid_spacing_km(schema.open_store(self.store))
+
     def forcings(self, init: np.datetime64, first: int, count: int) -> np.ndarray:
         """Normalized forcings at slots first..first+count−1: [count, H, W, C_f] float32 (C_f may be 0)."""
-        if not self.source.forcing_fields:
-            return np.zeros((count,) + self.grid_shape + (0,), np.float32)
+        if not self.source.forcing_fields or count == 0:
+            return np.zeros((count,) + self.grid_shape + (len(self.source.forcing_channels),), np.float32)
         x = self._read(self.source.forcing_fields, self.slot_times(init, first, count), "forcing")
         normalize_inplace(x, self.source.forcing_stats)
         return x

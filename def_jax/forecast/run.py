@@ -1,9 +1,12 @@
-"""``def-jax forecast``: DEF ensemble forecasts for one or more cycles, streamed to CF NetCDF files.
+"""``def-jax forecast``: ensemble forecasts (DEF or a baseline ensemble) for one or more cycles, streamed to CF NetCDF.
 
-Per cycle: the k initial states from the store → the rollout program of :mod:`def_jax.forecast.rollout`, one jitted
-``lax.scan`` per (member chunk × lead chunk) with the members sharded over the mesh's data axis → physical units and
-constraints → the slab is written to the file; then the deterministic G_φ rollout (a one-member program with K = 0),
-then the ensemble statistics. Finished cycles (their final file exists) are skipped unless ``overwrite``.
+Per cycle: the k initial states from the store (with the analyses and forcings of the steps before the initial time
+where bred or lagged members need them) → per member chunk the initial-state program, then the rollout program of
+:mod:`def_jax.forecast.rollout`, one jitted ``lax.scan`` per (member chunk × lead chunk) with the members sharded over
+the mesh's data axis → physical units and constraints → the slab is written to the file; then the deterministic G_φ
+rollout (a one-member program without perturbation), then the ensemble statistics. What the members are made of is
+:class:`def_jax.forecast.ensemble.Ensemble`. Finished cycles (their final file exists) are skipped unless
+``overwrite``.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from def_jax.data import schema
 from def_jax.diffusion.samplers import make_sampler
 from def_jax.diffusion.schedules import make_schedule
 from def_jax.errors import UserError
+from def_jax.forecast.ensemble import Ensemble
 from def_jax.forecast.inputs import ForecastInputs
 from def_jax.forecast.netcdf import ForecastWriter, forecast_filename
-from def_jax.forecast.rollout import RolloutSpec, guidance_kind, make_rollout
+from def_jax.forecast.rollout import InitialSpec, RolloutSpec, initial_inputs, make_initial, make_rollout
 from def_jax.models.networks import direct_condition
 from def_jax.progress import progress
 from def_jax.training.checkpoint import config_dict
@@ -46,7 +50,7 @@ def load_models(cfg: Any, workdir: Path, inputs: ForecastInputs, mesh, log: Call
     channels = store_channels(inputs.source)
     cat_json, cfg_d = inputs.catalogue.to_json(), config_dict(cfg)
     need_g = (not direct) or bool(cfg.diffusion.direct_residual) or bool(cfg.ensemble.include_deterministic)
-    need_d = direct or int(cfg.ensemble.walks) > 0
+    need_d = Ensemble.from_config(cfg).uses_denoiser
     info, f, d = {}, None, None
     which = cfg.ensemble.checkpoint
     if need_g:
@@ -59,24 +63,40 @@ def load_models(cfg: Any, workdir: Path, inputs: ForecastInputs, mesh, log: Call
     return Models(f, d, info)
 
 
+def _forecast_fn(models: Models, f_params) -> Optional[Callable]:
+    if f_params is None:
+        return None
+    g = nnx.merge(models.forecaster[0], f_params)
+    return lambda s, f, tf, st: g(s, f, tf, st)
+
+
 def build_program(spec: RolloutSpec, models: Models, cfg: Any) -> Callable:
     """The jitted rollout for ``spec``: ``program(f_params, d_params, states, member_ids, base_key, step0, forcings,
-    time_features, statics, guidance_scale) -> (states, outputs)``."""
+    time_features, statics, scale, amplitude) -> (states, outputs)``."""
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_steps)
     sample = make_sampler(**cfg.sampler.to_dict())
-    f_graphdef = models.forecaster[0] if models.forecaster else None
     d_graphdef = models.denoiser[0] if models.denoiser else None
 
-    def program(f_params, d_params, states, member_ids, base_key, step0, forcings, time_features, statics, lam):
-        forecast_fn = eps_net = None
-        if f_params is not None:
-            g = nnx.merge(f_graphdef, f_params)
-            forecast_fn = lambda s, f, tf, st: g(s, f, tf, st)  # noqa: E731
+    def program(f_params, d_params, states, member_ids, base_key, step0, forcings, time_features, statics, scale,
+                amplitude):
+        eps_net = None
         if d_params is not None:
             e = nnx.merge(d_graphdef, d_params)
             eps_net = lambda x, tau, c: e(x, tau, c)  # noqa: E731
-        rollout = make_rollout(forecast_fn, eps_net, sample, schedule, spec, condition_fn=direct_condition)
-        return rollout(states, member_ids, base_key, step0, forcings, time_features, statics, lam)
+        rollout = make_rollout(_forecast_fn(models, f_params), eps_net, sample, schedule, spec,
+                               condition_fn=direct_condition)
+        return rollout(states, member_ids, base_key, step0, forcings, time_features, statics, scale, amplitude)
+
+    return jax.jit(program)
+
+
+def build_initial_program(spec: InitialSpec, models: Models) -> Callable:
+    """The jitted initial-state program: ``program(f_params, analyses, member_ids, base_key, forcings,
+    time_features, statics, scale, amplitude) -> states``."""
+
+    def program(f_params, analyses, member_ids, base_key, forcings, time_features, statics, scale, amplitude):
+        initial = make_initial(_forecast_fn(models, f_params), spec)
+        return initial(analyses, member_ids, base_key, forcings, time_features, statics, scale, amplitude)
 
     return jax.jit(program)
 
@@ -88,20 +108,27 @@ def cycle_key(seed: int, init: np.datetime64) -> jax.Array:
 
 
 class Forecaster:
-    """Everything that stays the same across cycles: inputs, models, mesh and compiled programs."""
+    """Everything that stays the same across cycles: inputs, models, mesh and compiled programs.
 
-    def __init__(self, cfg: Any, workdir: Path, log: Callable = print, inits: tuple = ()):
+    ``trace_scale``: the ensemble's scale is always a traced argument of the programs, so that forecasts at several
+    scales (``run_cycle(..., ensemble=...)``, tuning) share one compiled program per shape."""
+
+    def __init__(self, cfg: Any, workdir: Path, log: Callable = print, inits: tuple = (), *,
+                 trace_scale: bool = False, max_pre_steps: Optional[int] = None):
         if cfg.ensemble.corrector:
             raise UserError("config.ensemble.corrector: re-standardization needs per-sample normalization, which "
                             "forecasts do not support; set it to False")
         self.cfg, self.log = cfg, log
-        self.direct = cfg.diffusion.mode == "direct"
+        self.ensemble = Ensemble.from_config(cfg)
+        self.trace_scale = bool(trace_scale)
+        self.direct = self.ensemble.kind == "direct"
         e = cfg.ensemble
         self.history = int(cfg.diffusion.direct_history if self.direct else cfg.data.history)
         if self.direct and self.history < cfg.data.history:
             raise UserError("config.diffusion.direct_history must be >= data.history")
         self.inputs = ForecastInputs(cfg.data.store, cfg.data, self.history)
         self.dt = self.inputs.dt_hours
+        self.dx_km = self.inputs.grid_spacing_km()
         self.steps = int(round(e.lead_hours / self.dt))
         if self.steps < 1:
             raise UserError(f"config.ensemble.lead_hours={e.lead_hours}: need at least one step of {self.dt} h")
@@ -111,33 +138,50 @@ class Forecaster:
         chunk = int(e.member_chunk) or self.members
         self.member_chunk = -(-chunk // n_data) * n_data  # a multiple of the data-axis devices
         self.lead_chunk = min(int(e.lead_chunk), self.steps)
+        pre = self.ensemble.pre_steps if max_pre_steps is None else int(max_pre_steps)
         for t in inits:  # before loading models: a missing input is found in a second, not after the set-up
-            self.inputs.check_available(np.datetime64(t, "ns"), self.steps)
+            self.inputs.check_available(np.datetime64(t, "ns"), self.steps, pre)
         self.models = load_models(cfg, Path(workdir), self.inputs, self.mesh, log)
-        self.walks = int(e.walks)
-        self.guidance = float(e.guidance_scale)
+        self.amplitude = jnp.asarray(self.inputs.one_step_std()) if self.ensemble.uses_amplitude else None  # [C]
         self._programs: dict[tuple, Callable] = {}
         self.statics = jnp.asarray(self.inputs.statics())
         self._grid = None
         self._inputs_cache: dict[tuple, tuple[jax.Array, jax.Array]] = {}  # this cycle's, by (init, n0, k, L)
-        self.compile_seconds = 0.0
 
     # --- programs ------------------------------------------------------------------------------------------------
 
-    def _spec(self, lead_steps: int, deterministic: bool) -> RolloutSpec:
+    def _spec(self, ensemble: Ensemble, lead_steps: int, deterministic: bool) -> RolloutSpec:
         cfg = self.cfg
         if deterministic:
             return RolloutSpec(mode="def", walks=0, history=int(cfg.data.history),
-                               forecaster_history=int(cfg.data.history), lead_steps=lead_steps)
-        return RolloutSpec(mode=cfg.diffusion.mode, walks=self.walks, history=self.history,
-                           forecaster_history=int(cfg.data.history), residual=bool(cfg.diffusion.direct_residual),
-                           guidance=guidance_kind(self.guidance), lead_steps=lead_steps)
+                               forecaster_history=int(cfg.data.history), lead_steps=lead_steps, perturbation="none")
+        return ensemble.step_spec(cfg, self.history, lead_steps, self.dx_km, trace_scale=self.trace_scale)
 
-    def program(self, lead_steps: int, deterministic: bool) -> Callable:
-        key = (lead_steps, deterministic)
-        if key not in self._programs:
-            self._programs[key] = build_program(self._spec(lead_steps, deterministic), self.models, self.cfg)
-        return self._programs[key]
+    def program(self, lead_steps: int, deterministic: bool, ensemble: Optional[Ensemble] = None) -> Callable:
+        spec = self._spec(ensemble or self.ensemble, lead_steps, deterministic)
+        if spec not in self._programs:
+            self._programs[spec] = build_program(spec, self.models, self.cfg)
+        return self._programs[spec]
+
+    def initial_program(self, ensemble: Ensemble) -> tuple[InitialSpec, Callable]:
+        spec = ensemble.initial_spec(self.history, int(self.cfg.data.history), self.dx_km)
+        if spec not in self._programs:
+            self._programs[spec] = build_initial_program(spec, self.models)
+        return spec, self._programs[spec]
+
+    def initial_states(self, ensemble: Ensemble, init: np.datetime64, member_ids: np.ndarray, base_key
+                       ) -> jax.Array:
+        """The members' input states at the initial time [b, k, H, W, C] (sharded over the data axis)."""
+        spec, program = self.initial_program(ensemble)
+        n_an, n_f, n_t = initial_inputs(spec)
+        analyses = jnp.asarray(self.inputs.states(init, 1 - n_an, n_an))  # [P+k, H, W, C]
+        forcings = jnp.asarray(self.inputs.forcings(init, 1 - n_an, n_f))  # [P+k−1, H, W, C_f]
+        tf = jnp.asarray(self.inputs.time_features(init, 1 - n_an, n_t))  # [P+k, F]
+        ids = jax.device_put(jnp.asarray(member_ids, jnp.int32), parallel.leading_sharding(self.mesh))
+        f = self.models.forecaster[1] if self.models.forecaster else None
+        states = program(f, analyses, ids, base_key, forcings, tf, self.statics, jnp.float32(ensemble.scale),
+                         self.amplitude)
+        return jax.device_put(states, parallel.leading_sharding(self.mesh))
 
     def _chunk_inputs(self, init, n0: int, k: int, lead_steps: int) -> tuple[jax.Array, jax.Array]:
         """Forcings [k+L−1, H, W, C_f] and time features [k+L, F] of a lead chunk, read once per cycle and shared by
@@ -150,8 +194,9 @@ class Forecaster:
         return self._inputs_cache[key]
 
     def run_chunk(self, states: jax.Array, member_ids: np.ndarray, base_key, init, n0: int, lead_steps: int,
-                  deterministic: bool = False) -> tuple[jax.Array, np.ndarray]:
+                  deterministic: bool = False, ensemble: Optional[Ensemble] = None) -> tuple[jax.Array, np.ndarray]:
         """One call: states [b, k, H, W, C] → (states', outputs [L, b, H, W, C] normalized, on the host)."""
+        ensemble = ensemble or self.ensemble
         k = states.shape[1]
         forcings, tf = self._chunk_inputs(init, n0, k, lead_steps)
         sharding = parallel.leading_sharding(self.mesh) if not deterministic else parallel.replicated(self.mesh)
@@ -159,24 +204,22 @@ class Forecaster:
         ids = jax.device_put(jnp.asarray(member_ids, jnp.int32), sharding)
         f = self.models.forecaster[1] if self.models.forecaster else None
         d = self.models.denoiser[1] if self.models.denoiser and not deterministic else None
-        program = self.program(lead_steps, deterministic)
-        t0 = time.perf_counter()
-        states, out = program(f, d, states, ids, base_key, jnp.int32(n0), forcings, tf,
-                              self.statics, jnp.float32(self.guidance))
-        out = np.asarray(jax.device_get(out))  # [L, b, H, W, C]
-        self.last_call_seconds = time.perf_counter() - t0
-        return states, out
+        program = self.program(lead_steps, deterministic, ensemble)
+        amplitude = None if deterministic else self.amplitude
+        states, out = program(f, d, states, ids, base_key, jnp.int32(n0), forcings, tf, self.statics,
+                              jnp.float32(ensemble.scale), amplitude)
+        return states, np.asarray(jax.device_get(out))  # [L, b, H, W, C]
 
     # --- a cycle -------------------------------------------------------------------------------------------------
 
-    def attrs(self, init: np.datetime64) -> dict:
+    def attrs(self, init: np.datetime64, ensemble: Ensemble) -> dict:
         cfg, s = self.cfg, self.cfg.sampler
         mode = "def" if not self.direct else ("direct_residual" if cfg.diffusion.direct_residual else "direct")
         info = self.models.info
         return {
-            "title": f"def-jax {mode} ensemble forecast", "institution": "def-jax", "source": f"def-jax {__version__}",
-            "mode": mode, "members": self.members, "walks": self.walks if not self.direct else 0,
-            "guidance_scale": self.guidance, "sampler": s.name, "sampler_steps": int(s.steps),
+            "title": f"def-jax {ensemble.kind} ensemble forecast", "institution": "def-jax",
+            "source": f"def-jax {__version__}", "mode": mode, "members": self.members,
+            **ensemble.settings(), "sampler": s.name, "sampler_steps": int(s.steps),
             "sampler_order": int(s.order), "sampler_method": s.method, "sampler_spacing": s.spacing,
             "schedule": cfg.diffusion.schedule, "diffusion_steps": int(cfg.diffusion.num_steps),
             "dt_hours": self.dt, "seed": int(cfg.seed),
@@ -197,18 +240,26 @@ class Forecaster:
                           "x": ds["x"].values, "crs": dict(ds[schema.CRS].attrs)}
         return self._grid
 
-    def run_cycle(self, init: np.datetime64, out_dir: Path) -> Path:
+    def run_cycle(self, init: np.datetime64, out_dir: Path, ensemble: Optional[Ensemble] = None) -> Path:
+        """Forecast one cycle into ``out_dir`` with this config's ensemble, or ``ensemble`` (the same kind and
+        members at another scale: no new set-up, and with ``trace_scale`` no new compilation)."""
         cfg = self.cfg
+        ensemble = ensemble or self.ensemble
+        if (ensemble.kind, ensemble.members) != (self.ensemble.kind, self.ensemble.members):
+            raise ValueError(f"run_cycle: a {ensemble.kind} ensemble of {ensemble.members} members on a forecaster "
+                             f"set up for {self.ensemble.kind} with {self.ensemble.members}")
         init = np.datetime64(init, "ns")
         path = Path(out_dir) / forecast_filename(init)
         self._inputs_cache.clear()  # forcings of the previous cycle
-        self.inputs.check_available(init, self.steps)  # fails early, naming the time, if anything is unwritten
+        # fails early, naming the time, if anything is unwritten
+        self.inputs.check_available(init, self.steps, ensemble.pre_steps)
         initial = self.inputs.initial_states(init)  # [k, H, W, C]
         lead_hours = self.dt * (1 + np.arange(self.steps))
         thresholds = {"refc": tuple(cfg.evaluation.refc_thresholds), "cape": tuple(cfg.evaluation.cape_thresholds)}
         writer = ForecastWriter(path, init=init, lead_hours=lead_hours, members=self.members,
                                 catalogue=self.inputs.catalogue, grid=self.grid(), thresholds=thresholds,
-                                attrs=self.attrs(init), deterministic=bool(cfg.ensemble.include_deterministic))
+                                attrs=self.attrs(init, ensemble),
+                                deterministic=bool(cfg.ensemble.include_deterministic))
         key = cycle_key(cfg.seed, init)
         mc, lc = self.member_chunk, self.lead_chunk
         m_chunks = list(range(0, self.members, mc))
@@ -222,10 +273,10 @@ class Forecaster:
                 for m0 in m_chunks:
                     ids = np.arange(m0, m0 + mc)  # padded to the chunk size: extra members are computed, dropped
                     keep = min(mc, self.members - m0)
-                    states = jnp.broadcast_to(jnp.asarray(initial)[None], (mc,) + initial.shape)
+                    states = self.initial_states(ensemble, init, ids, key)  # [mc, k, H, W, C]
                     for n0 in l_chunks:
                         steps = min(lc, self.steps - n0)
-                        states, out = self.run_chunk(states, ids, key, init, n0, steps)
+                        states, out = self.run_chunk(states, ids, key, init, n0, steps, ensemble=ensemble)
                         writer.write_members(slice(m0, m0 + keep), slice(n0, n0 + steps),
                                              self.inputs.to_physical(out[:, :keep]))
                         bar.update(1)
@@ -278,9 +329,10 @@ def forecast(cfg: Any, workdir: Path, out_dir: Path, inits: list[np.datetime64],
     if not todo:
         return [out_dir / forecast_filename(t) for t in inits]
     runner = Forecaster(cfg, workdir, log, inits=tuple(todo))
+    sampler = f", sampler {cfg.sampler.name} S={cfg.sampler.steps}" if runner.ensemble.uses_denoiser else ""
     log(f"{runner.members} members (chunks of {runner.member_chunk} over {runner.mesh.shape[parallel.DATA]} "
-        f"device(s)), {runner.steps} steps of {runner.dt:g} h (chunks of {runner.lead_chunk}), K={runner.walks}, "
-        f"λ={runner.guidance}, sampler {cfg.sampler.name} S={cfg.sampler.steps}, mode {cfg.diffusion.mode}")
+        f"device(s)), {runner.steps} steps of {runner.dt:g} h (chunks of {runner.lead_chunk}); "
+        f"{runner.ensemble.describe()}{sampler}")
     for t in todo:
         runner.run_cycle(t, out_dir)
     return [out_dir / forecast_filename(t) for t in inits]

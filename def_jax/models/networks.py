@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from def_jax.diffusion.schedules import make_schedule
+from def_jax.diffusion.spectral import SpectralPrior
 from def_jax.models.layers import timestep_embedding
 from def_jax.models.unet import UNet, UNetConfig
 
@@ -121,20 +122,30 @@ class Denoiser(nnx.Module):
         ε = U-Net(concat(∅, x_τ), τ) + σ_τ x_τ             where c = ∅ (all zeros, as in training and guidance),
 
     the first being the exact solution of DEF's objective (c = x_0) and the second the best linear ε-estimate for
-    zero-mean, unit-variance data (E[ε | x_τ] = σ_τ x_τ). The learned a(τ) must reach 1/σ_τ ≈ 155 at τ = 1 and is
-    shared by both cases; on the demo its unconditional ε-loss stayed above 1 (worse than predicting 0) for τ ≤ 250
-    (experiments/def_vs_deterministic/denoiser_check.py).
+    zero-mean, unit-variance white data (E[ε | x_τ] = σ_τ x_τ). The learned a(τ) must reach 1/σ_τ ≈ 155 at τ = 1 and
+    is shared by both cases; on the demo its unconditional ε-loss stayed above 1 (worse than predicting 0) for τ ≤ 250.
+
+    ``null_prior`` (a :class:`~def_jax.diffusion.spectral.SpectralPrior`, with the exact skip) replaces σ_τ x_τ by
+    the exact ε of a stationary Gaussian climate with the training states' cross-channel power spectrum,
+    (x_τ − α_τ W_τ(x_τ))/σ_τ with W_τ its Wiener filter: the best linear ε-estimate for data with those second
+    moments, so that the U-Net's unconditional job is what is not Gaussian (docs/TRAINING.md).
     """
 
     def __init__(self, state_channels: int, condition_channels: int, config: UNetConfig, *, rngs: nnx.Rngs,
                  linear_skip: bool = False, skip_coefficients: str = "learned", schedule: str = "cosine",
-                 num_steps: int = 1000):
+                 num_steps: int = 1000, null_prior: Optional[SpectralPrior] = None):
         if skip_coefficients not in ("learned", "exact"):
             raise ValueError(f"skip_coefficients {skip_coefficients!r}: expected 'learned' or 'exact'")
         self.exact_skip = bool(linear_skip) and skip_coefficients == "exact"
         if self.exact_skip and condition_channels != state_channels:
             raise ValueError(f"exact skip coefficients need DEF's condition (the state, {state_channels} channels); "
                              f"got {condition_channels} condition channels")
+        if null_prior is not None and not self.exact_skip:
+            raise ValueError("a spectral null prior needs the exact skip coefficients (linear_skip, 'exact')")
+        if null_prior is not None and null_prior.channels != state_channels:
+            raise ValueError(f"spectral null prior of {null_prior.channels} channels for {state_channels} state "
+                             f"channels")
+        self.null_prior = nnx.static(null_prior)  # static: a constant of the network's structure, not a parameter
         self.schedule_spec = (str(schedule), int(num_steps))  # static: rebuilt when traced
         self.condition_channels = condition_channels
         self.unet = UNet(condition_channels + state_channels, state_channels, config, time_conditioned=True,
@@ -166,10 +177,13 @@ class Denoiser(nnx.Module):
         return eps + a * x_tau.astype(jnp.float32) + bb * self.skip_cond(condition.astype(jnp.float32))
 
     def _exact_skip(self, x_tau: jax.Array, tau: jax.Array, condition: jax.Array) -> jax.Array:
-        """(x_τ − α_τ c)/σ_τ where the condition is a state, σ_τ x_τ where it is ∅: [B, H, W, C_s]."""
+        """(x_τ − α_τ c)/σ_τ where the condition is a state; σ_τ x_τ (or the spectral prior's ε) where it is ∅:
+        [B, H, W, C_s]."""
         schedule = make_schedule(*self.schedule_spec)
         t = jnp.broadcast_to(jnp.asarray(tau, jnp.float32), (x_tau.shape[0],)) / schedule.num_steps  # [B]
-        alpha = schedule.marginal_alpha(t).astype(jnp.float32)[:, None, None, None]  # [B, 1, 1, 1]
-        sigma = schedule.marginal_std(t).astype(jnp.float32)[:, None, None, None]
+        a = schedule.marginal_alpha(t).astype(jnp.float32)  # [B]
+        s = schedule.marginal_std(t).astype(jnp.float32)
+        alpha, sigma = a[:, None, None, None], s[:, None, None, None]  # [B, 1, 1, 1]
         has_condition = jnp.any(condition != 0, axis=(1, 2, 3), keepdims=True)  # [B, 1, 1, 1]
-        return jnp.where(has_condition, (x_tau - alpha * condition) / sigma, sigma * x_tau)
+        null = sigma * x_tau if self.null_prior is None else self.null_prior.eps(x_tau, a, s)
+        return jnp.where(has_condition, (x_tau - alpha * condition) / sigma, null)

@@ -38,7 +38,7 @@ ARCHITECTURE_FIELDS = {
 
 # Fields added after checkpoints were first written, with the behaviour of a checkpoint that predates them: such a
 # checkpoint matches a config that sets the field to this value.
-LEGACY_DEFAULTS = {"denoiser.skip_coefficients": "learned"}
+LEGACY_DEFAULTS = {"denoiser.skip_coefficients": "learned", "denoiser.null_prior": "white"}
 
 
 def config_dict(cfg: Any) -> dict:

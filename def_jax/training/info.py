@@ -21,7 +21,7 @@ from def_jax.data.source import COORD_STATICS, resolve_statics
 from def_jax.models.networks import TIME_FEATURES, Channels
 from def_jax.models.unet import UNetConfig
 from def_jax.training import objectives
-from def_jax.training.loop import build_denoiser, build_forecaster, needs_forecaster, training_objective
+from def_jax.training.loop import build_denoiser, build_forecaster, needs_forecaster, null_prior, training_objective
 from def_jax.training.state import init_train_state, make_optimizer, make_train_step
 
 GB = 1024**3
@@ -73,7 +73,7 @@ def model_report(cfg: Any, kind: str, grid: tuple[int, int], *, memory: bool, ba
         build = lambda: build_forecaster(cfg, ch, 0)  # noqa: E731
         history = cfg.data.history
     else:
-        build = lambda: build_denoiser(cfg, ch, 0)  # noqa: E731
+        build = lambda: build_denoiser(cfg, ch, 0, null_prior(cfg, None))  # noqa: E731
         history = cfg.diffusion.direct_history if cfg.diffusion.mode == "direct" else cfg.data.history
     model = nnx.eval_shape(build)
     graphdef, params = nnx.split(model)

@@ -29,6 +29,7 @@ from def_jax.data import schema
 from def_jax.data.pipeline import make_loader, source_from_config
 from def_jax.data.source import WindowSource
 from def_jax.diffusion.schedules import make_schedule
+from def_jax.diffusion.spectral import SpectralPrior
 from def_jax.errors import UserError
 from def_jax.evaluation import metrics  # pure area weights (no I/O, no models)
 from def_jax.geo import LambertConformal
@@ -50,6 +51,11 @@ class TrainingDiverged(UserError):
 # --- models ------------------------------------------------------------------------------------------------------
 
 
+def channels_of_store(cfg: Any) -> tuple[str, ...]:
+    """The state channel names of the config's store (its catalogue, in the models' order)."""
+    return tuple(schema.store_catalogue(schema.open_store(cfg.data.store)).channels("state"))
+
+
 def store_channels(source: WindowSource) -> Channels:
     return Channels(state=len(source.state_channels), forcing=len(source.forcing_channels),
                     static=len(source.static_channels), time=4 if source.time_encodings else 0)
@@ -66,12 +72,27 @@ def denoiser_condition_channels(cfg: Any, channels: Channels) -> int:
     return channels.direct_condition(cfg.diffusion.direct_history, cfg.diffusion.direct_residual)
 
 
-def build_denoiser(cfg: Any, channels: Channels, seed: int) -> nnx.Module:
+def null_prior(cfg: Any, state_channels: Optional[tuple[str, ...]]) -> Optional[SpectralPrior]:
+    """ε_θ's spectral null prior from the store's statistics (``denoiser.null_prior = "spectral"``), else None.
+    Without ``state_channels`` (abstract builds: ``info``) a white prior of the config's channel count stands in: the
+    same computation, no store read."""
+    if cfg.denoiser.get("null_prior", "white") != "spectral":
+        return None
+    if state_channels is None:
+        from def_jax.catalogue import load_catalogue
+
+        return SpectralPrior.white(load_catalogue(cfg.data.catalogue, cfg.data.levels).num_channels("state"))
+    store = str(cfg.data.store)
+    cov, modes = schema.spectral_covariance(schema.open_store(store), store, tuple(state_channels))
+    return SpectralPrior.from_covariance(cov, modes)
+
+
+def build_denoiser(cfg: Any, channels: Channels, seed: int, prior: Optional[SpectralPrior] = None) -> nnx.Module:
     return Denoiser(channels.state, denoiser_condition_channels(cfg, channels),
                     UNetConfig.from_config(cfg.denoiser), rngs=model_rngs(seed),
                     linear_skip=bool(cfg.denoiser.linear_skip),
                     skip_coefficients=str(cfg.denoiser.get("skip_coefficients", "learned")),
-                    schedule=cfg.diffusion.schedule, num_steps=int(cfg.diffusion.num_steps))
+                    schedule=cfg.diffusion.schedule, num_steps=int(cfg.diffusion.num_steps), null_prior=prior)
 
 
 def training_objective(kind: str, cfg: Any, graphdef: nnx.GraphDef, forecaster_graphdef: Optional[nnx.GraphDef], *,
@@ -92,8 +113,11 @@ def training_objective(kind: str, cfg: Any, graphdef: nnx.GraphDef, forecaster_g
 
 
 def needs_forecaster(cfg: Any) -> bool:
-    """Whether ε_θ's training uses the frozen G_φ (DEF's random advancement, or the direct mode's residual)."""
-    return cfg.diffusion.mode == "def" or bool(cfg.diffusion.direct_residual)
+    """Whether ε_θ's training uses the frozen G_φ: DEF's random advancement (which only conditional samples get, so
+    not with p_uncond = 1), or the direct mode's residual."""
+    if cfg.diffusion.mode == "def":
+        return float(cfg.diffusion.p_uncond) < 1.0 and float(cfg.diffusion.p_advance) > 0.0
+    return bool(cfg.diffusion.direct_residual)
 
 
 def init_params(build: Callable[[], nnx.Module], sharding) -> tuple[nnx.GraphDef, Any]:
@@ -199,8 +223,9 @@ def load_trained(kind: str, cfg: Any, workdir: Path, channels: Channels, mesh, c
     where = run / ("best" if best else "checkpoints")
     meta = ckpt.restore_meta(step, best=best)
     check_compatible(meta, cfg_dict, catalogue_json, kind, where)
+    prior = null_prior(cfg, channels_of_store(cfg)) if kind == "diffusion" else None
     build = (lambda: build_forecaster(cfg, channels, cfg.seed)) if kind == "forecaster" else \
-        (lambda: build_denoiser(cfg, channels, cfg.seed + 1))
+        (lambda: build_denoiser(cfg, channels, cfg.seed + 1, prior))
     graphdef, params = init_params(build, parallel.replicated(mesh))
     tcfg = cfg.training[kind]
     optimizer, _ = make_optimizer(tcfg, 1)
@@ -248,7 +273,8 @@ def build_run(kind: str, cfg: Any, workdir: Path, log: Callable = print, *, froz
     if kind == "forecaster":
         graphdef, params = init_params(lambda: build_forecaster(cfg, channels, cfg.seed), replicated)
     else:
-        graphdef, params = init_params(lambda: build_denoiser(cfg, channels, cfg.seed + 1), replicated)
+        prior = null_prior(cfg, train_source.state_channels)
+        graphdef, params = init_params(lambda: build_denoiser(cfg, channels, cfg.seed + 1, prior), replicated)
         if needs_forecaster(cfg) and frozen == "random":
             f_graphdef, frozen_params = init_params(lambda: build_forecaster(cfg, channels, cfg.seed), replicated)
         elif needs_forecaster(cfg):
@@ -256,14 +282,19 @@ def build_run(kind: str, cfg: Any, workdir: Path, log: Callable = print, *, froz
                                                         cfg_dict, cfg.training.diffusion.forecaster_checkpoint, log)
     cw = None if cw is None else jnp.asarray(cw)
     loss_fn = training_objective(kind, cfg, graphdef, f_graphdef, rollout_steps=lead, channel_weights=cw)
-    eval_loss = training_objective(kind, cfg, graphdef, f_graphdef, rollout_steps=lead, channel_weights=cw,
-                                   deterministic=True)
+    if kind == "diffusion":
+        eval_fn = objectives.denoiser_validation(
+            graphdef, f_graphdef, make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_steps),
+            mode=cfg.diffusion.mode, conditional=str(cfg.diffusion.conditional),
+            forecaster_history=int(cfg.data.history), residual=bool(cfg.diffusion.direct_residual))
+    else:
+        eval_loss = training_objective(kind, cfg, graphdef, f_graphdef, rollout_steps=lead, channel_weights=cw,
+                                       deterministic=True)
 
-    def eval_fn(params, batch, frozen):
-        loss, aux = eval_loss(params, batch, jax.random.PRNGKey(0), frozen)
-        if kind == "diffusion":
-            return {"loss": loss}
-        return {"loss": loss, "mse_step1": aux["mse_step1"], "persistence_mse": objectives.persistence_mse(batch, cw)}
+        def eval_fn(params, batch, frozen):
+            loss, aux = eval_loss(params, batch, jax.random.PRNGKey(0), frozen)
+            return {"loss": loss, "mse_step1": aux["mse_step1"],
+                    "persistence_mse": objectives.persistence_mse(batch, cw)}
 
     return Run(kind, cfg, workdir / kind, mesh, train_source, val_source, channels, graphdef, params, frozen_params,
                loss_fn, eval_fn, total_steps, steps_per_epoch)
