@@ -44,7 +44,9 @@ def validation_inits(cfg: Any, every_hours: float, max_cycles: int) -> list[np.d
 
 def summarize(scores: pd.DataFrame) -> dict[str, float]:
     """The tuning criteria from a ``scores.csv`` table (docs/FORECASTS.md)."""
-    ens = scores[scores.system.isin(["def", "direct"])]
+    from def_jax.evaluation.tables import ENSEMBLES
+
+    ens = scores[scores.system.isin(ENSEMBLES)]
     ssr = ens[ens.score == "ssr"].value.to_numpy(float)
     ssr = ssr[np.isfinite(ssr) & (ssr > 0)]
     key = ["variable", "level", "lead_hours"]
