@@ -90,6 +90,12 @@ def test_percentile_interval_matches_numpy_and_skips_nan():
     np.testing.assert_allclose(low, ref[0], rtol=1e-12, equal_nan=True)
     np.testing.assert_allclose(high, ref[1], rtol=1e-12, equal_nan=True)
     assert np.isnan(low[0, 0]) and np.isnan(high[0, 0])
+    b = np.full((50, 2), np.inf)  # ratios to a zero denominator: inf, not NaN
+    b[:, 1] = np.arange(50.0)
+    b[:10, 1] = np.inf
+    low, high = bootstrap.percentile_interval(b, 0.5)
+    assert low.tolist() == [np.inf, np.percentile(b[:, 1], 25)]
+    assert high.tolist() == [np.inf, np.percentile(b[:, 1], 75)]
     with pytest.raises(ValueError, match="confidence"):
         bootstrap.percentile_interval(a, 1.0)
 

@@ -159,7 +159,8 @@ def _row_intervals(rows: np.ndarray, confidence: float) -> tuple[np.ndarray, np.
         lo = np.floor(pos).astype(int)
         hi = np.minimum(lo + 1, count - 1)
         v_lo, v_hi = np.take_along_axis(ordered, lo, 1), np.take_along_axis(ordered, hi, 1)
-        return v_lo + (pos - lo) * (v_hi - v_lo)
+        with np.errstate(invalid="ignore"):  # equal neighbours (e.g. both inf, a ratio to zero): that value
+            return np.where(v_lo == v_hi, v_lo, v_lo + (pos - lo) * (v_hi - v_lo))
 
     full = n == r
     if full.any():  # partition: only the order statistics around the two quantiles are put in place
