@@ -112,8 +112,8 @@ def evaluate_run(inv: "Invocation") -> int:
 
 
 def plot_define(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("evaluation", None, "Directory of the evaluate tables (default: WORKDIR/evaluation).",
-                        flag_values=fv)
+    flags.DEFINE_string("evaluation", None, "Directory of the evaluate tables (default: WORKDIR/evaluation), or "
+                        "several, comma-separated, whose ensembles are overlaid (DIR1,DIR2,...).", flag_values=fv)
     flags.DEFINE_string("forecasts", None, "A forecast file or directory for the maps (default: WORKDIR/forecasts; "
                         "the first file).", flag_values=fv)
     flags.DEFINE_string("truth", None, "The Zarr store for the truth maps (default: config.data.store).",
@@ -137,7 +137,10 @@ def plot_run(inv: "Invocation") -> int:
     except ValueError:
         raise UserError(f"--lead_hours: expected whole hours such as 1,6,12; got {','.join(fv.lead_hours)}") from None
     out = Path(fv.out) if fv.out else inv.workdir / "plots"
-    paths = make_plots(Path(fv.evaluation) if fv.evaluation else inv.workdir / "evaluation", out,
+    folders = [Path(d.strip()) for d in fv.evaluation.split(",") if d.strip()] if fv.evaluation else []
+    if fv.evaluation and not folders:
+        raise UserError(f"--evaluation={fv.evaluation}: expected a directory or DIR1,DIR2,...")
+    paths = make_plots(folders or inv.workdir / "evaluation", out,
                        forecast_path=forecasts if forecasts.exists() else None, store=Path(fv.truth or cfg.data.store),
                        lead_hours=leads, variables=fv.variables, members_to_show=fv.members_to_show)
     print(f"{len(paths)} figure(s) in {out}")

@@ -15,8 +15,9 @@ from scipy.ndimage import uniform_filter
 
 from def_jax.catalogue import Catalogue
 from def_jax.errors import UserError
-from def_jax.evaluation import metrics
+from def_jax.evaluation import bootstrap, metrics
 from def_jax.evaluation.evaluate import RANK_COLUMNS, RELIABILITY_COLUMNS, SCORES_COLUMNS, SPECTRA_COLUMNS, evaluate
+from def_jax.evaluation.tables import read_scores_by_cycle
 from def_jax.geo import LambertConformal
 
 START = np.datetime64("2024-06-01T00", "ns")
@@ -96,8 +97,9 @@ def store_truth(store: Path, var: str, slots) -> np.ndarray:
 
 
 def write_forecast(path: Path, store: Path, init_slot: int, leads, members: dict, deterministic: dict | None = None,
-                   mode: str = "def", x_shift: float = 0.0, nx: int = NX) -> Path:
-    """A forecast file as docs/FORECASTS.md describes it; members[var] is [M, N, (L,) Y, X] in physical units."""
+                   mode: str = "def", x_shift: float = 0.0, nx: int = NX, perturbation: str | None = None) -> Path:
+    """A forecast file as docs/FORECASTS.md describes it; members[var] is [M, N, (L,) Y, X] in physical units
+    (``perturbation``: the attribute naming a baseline ensemble; None: no attribute)."""
     st = xr.open_zarr(store, consolidated=False)
     init = START + init_slot * np.timedelta64(1, "h")
     leads = np.asarray(leads, np.int32)
@@ -132,6 +134,8 @@ def write_forecast(path: Path, store: Path, init_slot: int, leads, members: dict
                               {"units": "1"})
     ds.attrs.update({"Conventions": "CF-1.8", "def_jax_forecast": 1, "mode": mode, "members": m, "walks": 1,
                      "dt_hours": 1})
+    if perturbation is not None:
+        ds.attrs["perturbation"] = perturbation
     encoding = {v: {"zlib": True} for v in ds.data_vars if v != "crs"}
     ds.to_netcdf(path, engine="netcdf4", encoding=encoding)
     return path
@@ -186,7 +190,7 @@ def test_perfect_forecast_columns_and_persistence(store, tmp_path):
         header, rows = read_csv(out / f"{name}.csv")
         assert tuple(header) == columns and rows, name
     assert tuple(SCORES_COLUMNS) == ("system", "variable", "level", "lead_hours", "score", "threshold", "window",
-                                     "value", "count", "weighting")
+                                     "value", "count", "weighting", "value_low", "value_high")
     _, scores = read_csv(out / "scores.csv")
     assert {r["weighting"] for r in scores} == {"uniform"}
     for lead in LEADS:
@@ -360,3 +364,136 @@ def test_brier_skill_is_undefined_where_no_event_was_observed():
     assert np.isnan(got[(1, "bss")][0])
     assert got[(2, "observed_frequency")] == (pytest.approx(10 / 200), 2)
     assert got[(2, "brier")][0] == pytest.approx(5 / 200) and got[(2, "bss")][0] == pytest.approx(1 - 5 / 10)
+
+
+# --- ensemble systems, per-cycle statistics and bootstrap intervals ---------------------------------------------
+
+
+def noisy_members(store: Path, init: int, leads, rng, m: int = 4) -> tuple[dict, dict]:
+    """Members and a deterministic forecast: the truth plus noise (a shared error, spread between members)."""
+    members, det = {}, {}
+    slots = [init + lead for lead in leads]
+    for var, noise in (("t", 1.0), ("refc", 8.0)):
+        y = store_truth(store, var, slots)  # [N, (L,) Y, X]
+        members[var] = y[None] + rng.normal(0, noise, (m,) + y.shape) + rng.normal(0, noise, y.shape)[None]
+        det[var] = y + rng.normal(0, 1.3 * noise, y.shape)
+        if var == "refc":
+            members[var], det[var] = np.maximum(members[var], -10.0), np.maximum(det[var], -10.0)
+    return members, det
+
+
+def test_ensemble_systems_are_named_by_perturbation(store, tmp_path):
+    rng = np.random.default_rng(2)
+    leads = (1,)
+    files = [write_forecast(tmp_path / "def.nc", store, 2, leads, *noisy_members(store, 2, leads, rng)),
+             write_forecast(tmp_path / "gauss.nc", store, 2, leads, *noisy_members(store, 2, leads, rng),
+                            perturbation="gaussian"),
+             write_forecast(tmp_path / "bred.nc", store, 5, leads, noisy_members(store, 5, leads, rng)[0],
+                            perturbation="bred"),
+             write_forecast(tmp_path / "direct.nc", store, 5, leads, noisy_members(store, 5, leads, rng)[0],
+                            mode="direct", perturbation="gaussian")]  # direct mode: the system is "direct"
+    cfg = eval_config()
+    cfg.evaluation.bootstrap_samples = 0
+    out = tmp_path / "eval"
+    summary = evaluate(files, store, out, config=cfg, log=QUIET)
+    assert summary["systems"] == ["def", "direct", "gaussian", "bred", "deterministic", "persistence", "climatology"]
+    _, scores = read_csv(out / "scores.csv")
+    for system in ("def", "gaussian", "bred", "direct"):
+        assert value(scores, system=system, variable="t", level="500", lead_hours=1, score="ssr") > 0
+    rows = [r for r in scores if r["system"] == "persistence" and r["score"] == "rmse" and r["variable"] == "refc"]
+    assert [r["count"] for r in rows] == ["2"]  # one per cycle, whatever the number of ensembles
+    assert {r["value_low"] for r in scores} == {""} == {r["value_high"] for r in scores}  # bootstrap_samples = 0
+    _, skill = read_csv(out / "skill.csv")
+    assert {r["system"] for r in skill} == {"def", "gaussian"}  # bred and direct files have no deterministic run
+    bad = write_forecast(tmp_path / "breed.nc", store, 8, leads, noisy_members(store, 8, leads, rng)[0],
+                         perturbation="breed")
+    with pytest.raises(UserError, match=r"breed.nc: perturbation 'breed' is not one of def, gaussian, correlated, "
+                                        r"bred, lagged$"):
+        evaluate(files + [bad], store, out, config=cfg, log=QUIET)
+    cfg.evaluation.confidence = 1.5
+    with pytest.raises(UserError, match=r"evaluation.confidence: must be in \(0, 1\)"):
+        evaluate(files, store, out, config=cfg, log=QUIET)
+
+
+@pytest.fixture(scope="module")
+def bootstrap_evaluation(store, tmp_path_factory):
+    """Five cycles of a noisy ensemble with its deterministic rollout, evaluated (uniform weights, 200 resamples)."""
+    root = tmp_path_factory.mktemp("bootstrap")
+    rng = np.random.default_rng(7)
+    leads = (1, 3)
+    files = [write_forecast(root / f"forecast_{i}.nc", store, i, leads, *noisy_members(store, i, leads, rng))
+             for i in (2, 5, 8, 11, 14)]
+    cfg = eval_config()
+    cfg.evaluation.bootstrap_samples, cfg.evaluation.bootstrap_seed = 200, 3
+    evaluate(files, store, root / "eval", config=cfg, log=QUIET)
+    evaluate(files[2:], store, root / "later", config=cfg, log=QUIET)  # the last three cycles only
+    return root, cfg
+
+
+def test_scores_by_cycle_reproduce_the_tables_and_their_intervals(bootstrap_evaluation):
+    root, cfg = bootstrap_evaluation
+    out = root / "eval"
+    _, scores = read_csv(out / "scores.csv")
+    _, skill = read_csv(out / "skill.csv")
+    [stats] = read_scores_by_cycle([out])
+    assert len(stats.inits) == 5 and stats.members == {"def": 4}
+    pooled = bootstrap.pool(stats, np.ones((1, 5)))  # unit weights: the pooled tables
+    counts = bootstrap.resample_counts(5, 200, seed=3)
+    intervals = bootstrap.score_intervals(stats, counts, 0.9)
+    number = lambda text: None if text == "" else float(text)  # noqa: E731
+    for row in scores + [dict(r, threshold="", window="") for r in skill]:
+        key = (row["system"], row["variable"], number(row["level"]), int(row["lead_hours"]), row["score"],
+               number(row["threshold"]), None if row["window"] == "" else int(row["window"]))
+        expected = [float(row[c]) for c in ("value", "value_low", "value_high")]
+        got = [pooled[key][0], *intervals[key]]
+        np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-12, equal_nan=True, err_msg=str(key))
+        if row["score"] in ("rmse", "mae", "crps", "crps_standard", "spread", "energy", "brier"):  # monotone in means
+            assert expected[1] <= expected[0] <= expected[2], key
+            assert expected[1] < expected[2] or row["system"] == "climatology" and row["score"] == "rmse", key
+    crps = value(scores, system="def", variable="t", level="850", lead_hours=3, score="crps")
+    mae = value(scores, system="deterministic", variable="t", level="850", lead_hours=3, score="mae")
+    assert value(skill, system="def", variable="t", level="850", lead_hours=3,
+                 score="crps_over_deterministic_mae") == pytest.approx(crps / mae, rel=1e-8)
+    # two evaluations: their common cycles (the last three), each score averaged over both inside every resample
+    both = read_scores_by_cycle([out, root / "later"])
+    assert [len(s.inits) for s in both] == [3, 3]
+    key = ("def", "refc", None, 1, "crps", None, None)
+    later = float(value(read_csv(root / "later" / "scores.csv")[1], system="def", variable="refc", lead_hours=1,
+                        score="crps"))
+    assert bootstrap.pool(both, np.ones((1, 3)))[key][0] == pytest.approx(later, rel=1e-8)  # the same three cycles
+
+
+def test_spread_error_table_adds_up_to_the_scores(bootstrap_evaluation):
+    """Uniform weights: pooled over the bins, the spread–error sums give scores.csv's RMSE and spread."""
+    root, _ = bootstrap_evaluation
+    _, scores = read_csv(root / "eval" / "scores.csv")
+    _, rows = read_csv(root / "eval" / "spread_error.csv")
+    m = 4
+    for var, level in (("t", "500"), ("t", "850"), ("refc", "")):
+        for lead in (1, 3):
+            at = [r for r in rows if r["system"] == "def" and r["variable"] == var and r["level"] == level
+                  and r["lead_hours"] == str(lead)]
+            n = np.array([int(r["count"]) for r in at])
+            assert n.sum() == 5 * NY * NX and (n > 0).all()
+            spread, rmse = (np.array([float(r[c]) for r in at]) for c in ("mean_spread", "rmse"))
+            got = functools.partial(value, scores, system="def", variable=var, level=level, lead_hours=lead)
+            assert np.sqrt(np.sum(n * rmse ** 2) / n.sum()) == pytest.approx(got(score="rmse"), rel=1e-6)
+            assert np.sqrt(np.sum(n * spread ** 2) * m / (m + 1) / n.sum()) == pytest.approx(got(score="spread"),
+                                                                                           rel=1e-6)
+            lower, upper = (np.array([float(r[c]) for r in at]) for c in ("bin_lower", "bin_upper"))
+            np.testing.assert_array_less(lower, upper)
+            low, high = (np.array([float(r[c]) for r in at]) for c in ("rmse_low", "rmse_high"))
+            assert ((low <= rmse + 1e-9) & (rmse <= high + 1e-9)).all()
+
+
+def test_bad_scores_by_cycle_are_named(bootstrap_evaluation, tmp_path):
+    root, _ = bootstrap_evaluation
+    with pytest.raises(UserError, match=r"nowhere/scores_by_cycle.csv: not found"):
+        read_scores_by_cycle([tmp_path / "nowhere"])
+    text = (root / "eval" / "scores_by_cycle.csv").read_text()
+    (tmp_path / "scores_by_cycle.csv").write_text(text.replace(",crps_fair,", ",crps_fiar,", 1))
+    with pytest.raises(UserError, match=r"scores_by_cycle.csv: unknown statistic 'crps_fiar'"):
+        read_scores_by_cycle([tmp_path])
+    (tmp_path / "scores_by_cycle.csv").write_text(text.replace("init_time", "init", 1))
+    with pytest.raises(UserError, match=r"scores_by_cycle.csv: missing column 'init_time'"):
+        read_scores_by_cycle([tmp_path])

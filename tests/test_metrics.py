@@ -159,6 +159,47 @@ def test_overconfident_ensemble_is_not():
     assert _reliability_deviation(members, truth) > 0.05
 
 
+def test_spread_error_counts_against_numpy():
+    rng = np.random.default_rng(3)
+    members = rng.normal(0.0, rng.gamma(2.0, 0.5, (1, 9, 11)), (6, 9, 11)).astype(np.float32)  # [M, Y, X]
+    truth = rng.normal(0.0, 1.0, (9, 11)).astype(np.float32)
+    weights = rng.uniform(0.5, 1.5, (9, 11))
+    edges = np.array([0.25, 0.5, 1.0, 2.0])
+    got = metrics.spread_error_counts(members, truth, edges, weights=weights)
+    x, y = members.astype(np.float64), truth.astype(np.float64)
+    var, err2 = x.var(axis=0, ddof=1), (x.mean(axis=0) - y) ** 2
+    idx = np.digitize(np.sqrt(var), edges).ravel()  # bin k: edges[k-1] <= s < edges[k]
+    for name, w in (("count", np.ones_like(var)), ("weight", weights), ("variance", weights * var),
+                    ("squared_error", weights * err2)):
+        np.testing.assert_allclose(np.asarray(getattr(got, name)), np.bincount(idx, w.ravel(), len(edges) + 1),
+                                   rtol=2e-5, err_msg=name)
+    spread, rmse = metrics.spread_error_curve(got, 6)
+    filled = np.bincount(idx, minlength=5) > 0
+    sums = [np.bincount(idx, v.ravel(), 5)[filled] for v in (weights, weights * var, weights * err2)]
+    np.testing.assert_allclose(np.asarray(spread)[filled], np.sqrt(7 / 6 * sums[1] / sums[0]), rtol=2e-5)
+    np.testing.assert_allclose(np.asarray(rmse)[filled], np.sqrt(sums[2] / sums[0]), rtol=2e-5)
+    assert np.isnan(np.asarray(rmse)[~filled]).all()
+
+
+@pytest.mark.parametrize("truth_scale, low, high", [(1.0, 0.9, 1.12), (0.5, 0.4, 0.7)])
+def test_spread_error_of_a_calibrated_ensemble_lies_on_the_diagonal(truth_scale, low, high):
+    """Members and truth from N(μ, σ²) with σ varying 30-fold over the grid: in every well-filled bin of predicted
+    spread, RMSE / spread ≈ 1 (with the (M+1)/M factor); a truth closer to the mean (over-dispersive) lies below."""
+    rng = np.random.default_rng(4)
+    m, n = 16, 120
+    yy, xx = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n), indexing="ij")
+    sigma = 0.05 * 30 ** (0.5 * (1 + np.sin(3 * np.pi * yy) * np.cos(2 * np.pi * xx)))  # 0.05 .. 1.5
+    mu = np.sin(4 * xx)
+    members = (mu + sigma * rng.standard_normal((m, n, n))).astype(np.float32)
+    truth = (mu + truth_scale * sigma * rng.standard_normal((n, n))).astype(np.float32)
+    counts = metrics.spread_error_counts(members, truth, 2.0 ** (np.arange(-12, 3) / 2.0))
+    spread, rmse = (np.asarray(a) for a in metrics.spread_error_curve(counts, m))
+    full = np.asarray(counts.count) >= 1000
+    assert full.sum() >= 6
+    ratio = rmse[full] / spread[full]
+    assert (ratio > low).all() and (ratio < high).all(), ratio
+
+
 def test_rank_histogram_ties():
     rank_histogram = jax.jit(metrics.rank_histogram, static_argnames="member_axis")
     members, truth = np.zeros((4, 5000), np.float32), np.zeros(5000, np.float32)  # every member equals the truth

@@ -254,7 +254,7 @@ def test_make_plots_writes_every_figure(tmp_path):
                        log=messages.append)
     keys = ("t2m", "refc", "z500")  # surface variables + 500 hPa of the multi-level one; z850 is not plotted
     expected = {f"{kind}_{k}.png" for kind in ("spread_skill", "crps", "rank_histogram") for k in keys}
-    expected |= {"reliability_refc.png", "reliability_cape.png"}
+    expected |= {"reliability_refc.png", "reliability_cape.png", "bss_refc.png"}
     expected |= {f"maps_{v}_{lead}h.png" for v in ("refc", "t2m") for lead in (1, 3, 6)}  # 3 leads over 1–6 h
     assert {p.name for p in paths} == expected
     assert sorted(p.name for p in out.iterdir()) == sorted(expected)  # no temporary files left
@@ -300,3 +300,94 @@ def test_input_errors(tmp_path):
     with pytest.raises(UserError, match=r"lead time\(s\) \[9\] h not in the file"):
         make_plots(evaluation, tmp_path / "plots", forecast_path=forecast, variables=["refc"], lead_hours=[9],
                    log=lambda m: None)
+
+
+# --- bootstrap intervals, the new figures, several evaluation folders ---------------------------------------------
+
+
+def write_study_tables(directory: Path, system: str = "def", factor: float = 1.0) -> Path:
+    """The tables of :func:`write_tables` with ``def`` renamed to ``system`` and its scores scaled by ``factor``, plus
+    bootstrap intervals, FSS at three windows, skill.csv and spread_error.csv (refc and t2m)."""
+    write_tables(directory)
+    for name in ("scores.csv", "rank_histogram.csv", "reliability.csv"):
+        df = pd.read_csv(directory / name)
+        ens = df["system"] == "def"
+        df.loc[ens, "system"] = system
+        if name == "scores.csv":
+            df.loc[ens, "value"] *= factor
+            fss = df[df["score"] == "fss"]
+            df = pd.concat([df] + [fss.assign(window=w, value=fss["value"] * (0.6 + 0.04 * w)) for w in (1, 3)])
+            df["value_low"], df["value_high"] = df["value"] * 0.93, df["value"] * 1.06
+        if name == "reliability.csv":
+            df["observed_frequency_low"] = df["observed_frequency"] * 0.9
+            df["observed_frequency_high"] = (df["observed_frequency"] * 1.1).clip(upper=1.0)
+        df.to_csv(directory / name, index=False)
+    skill, spread_error = [], []
+    for var in ("refc", "t2m"):
+        for lead in TABLE_LEADS:
+            for score, v in (("crps_over_deterministic_mae", 0.55 + 0.01 * lead),
+                             ("rmse_over_deterministic_rmse", 0.9 + 0.004 * lead)):
+                v *= factor
+                skill.append({"system": system, "variable": var, "level": np.nan, "lead_hours": lead, "score": score,
+                              "value": v, "value_low": 0.95 * v, "value_high": 1.04 * v, "count": 4,
+                              "weighting": "uniform"})
+            for b in range(8, 20):
+                s = SCALE[var] * 2.0 ** ((b - 20) / 2)
+                spread_error.append({"system": system, "variable": var, "level": np.nan, "lead_hours": lead, "bin": b,
+                                     "bin_lower": s / 1.4, "bin_upper": s, "mean_spread": s / 1.2,
+                                     "rmse": factor * s / 1.2 * (0.8 + 0.02 * lead), "rmse_low": s / 1.4,
+                                     "rmse_high": s, "count": int(50 * 1.6 ** (b - 8)), "weighting": "uniform"})
+    pd.DataFrame(skill).to_csv(directory / "skill.csv", index=False)
+    pd.DataFrame(spread_error).to_csv(directory / "spread_error.csv", index=False)
+    return directory
+
+
+def test_new_figures_with_bootstrap_bands(tmp_path):
+    from def_jax.evaluation.plots import calibration, common, scores
+
+    evaluation = write_study_tables(tmp_path / "evaluation")
+    out = tmp_path / "plots"
+    paths = make_plots(evaluation, out, variables="refc", log=lambda m: None)
+    assert {p.name for p in paths} == {f"{kind}_refc.png" for kind in (
+        "spread_skill", "crps", "rank_histogram", "skill", "spread_error", "reliability", "bss", "fss")}
+    for path in paths:
+        _check_png(path)
+    ev, meta = common.load_evaluations([evaluation]), common.VariableMeta(None, None)
+    for fig in (scores.crps_figure(ev, ("refc", None), meta), scores.skill_figure(ev, ("refc", None), meta),
+                scores.bss_figure(ev, "refc", meta), scores.fss_figure(ev, "refc", meta)):
+        assert all(ax.collections for ax in fig.axes), fig  # a shaded band in every panel
+    fig = calibration.reliability_figure(ev, "refc", meta)
+    hollow = [line for ax in fig.axes for line in ax.lines if line.get_markerfacecolor() == "white"
+              and len(line.get_xdata())]
+    assert hollow  # the bins with < 100 points (7th bin at 20 dBZ: ~40)
+    assert fig.axes[1].get_ylabel() == "points per bin"
+    # tables written before the bootstrap: the same figures, without bands
+    plain = write_tables(tmp_path / "plain")
+    fig = scores.crps_figure(common.load_evaluations([plain]), ("refc", None), meta)
+    assert not fig.axes[0].collections
+
+
+def test_several_evaluation_folders_are_overlaid(tmp_path, capsys):
+    from def_jax import cli
+    from def_jax.evaluation.plots import common, scores
+
+    folders = [write_study_tables(tmp_path / "seed1" / "evaluation"),
+               write_study_tables(tmp_path / "seed2" / "evaluation", factor=1.1),
+               write_study_tables(tmp_path / "gauss" / "evaluation", system="gaussian", factor=1.3)]
+    ev = common.load_evaluations(folders)
+    assert list(ev.series)[:3] == ["seed1/evaluation", "seed2/evaluation", "gaussian"]
+    fig = scores.crps_figure(ev, ("t2m", None), common.VariableMeta(None, None))
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert labels == ["seed1/evaluation", "seed2/evaluation", "Gaussian noise", "deterministic G_φ (CRPS = MAE)",
+                      "persistence (CRPS = MAE)", "climatology (CRPS = MAE)"]  # single forecasts once
+    fig = scores.skill_figure(ev, ("t2m", None), common.VariableMeta(None, None))
+    assert len(fig.axes[0].lines) == 4  # three ensembles and the line at 1
+
+    store = write_store(tmp_path / "store.zarr")
+    code = cli.main(["plot", f"--workdir={tmp_path}", f"--evaluation={','.join(map(str, folders))}",
+                     f"--truth={store}", "--variables=z500", f"--out={tmp_path / 'plots'}"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "crps_z500.png", "rank_histogram_z500.png", "spread_skill_z500.png"]
+    assert cli.main(["plot", f"--workdir={tmp_path}", "--evaluation=,", f"--truth={store}"]) == 2
+    assert "--evaluation=,: expected a directory" in capsys.readouterr().err

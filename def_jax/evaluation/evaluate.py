@@ -4,7 +4,9 @@ One forecast file (cycle) at a time, one field (variable, level, lead) at a time
 from the NetCDF file, its truth from the store slot of its valid time. Leads whose valid time is not written in the
 store are skipped (and counted). Systems:
 
-* ``def`` (or ``direct`` when the file's ``mode`` starts with ``direct``): the ensemble members;
+* the ensemble members, as the file's ensemble system: ``direct`` when its ``mode`` starts with ``direct``, else its
+  ``perturbation`` attribute (``def`` — DEF's perturbation walks, the default when the file has none —, ``gaussian``,
+  ``correlated``, ``bred``, ``lagged``: tables.PERTURBATIONS);
 * ``deterministic``: ``<var>_deterministic`` when the file has it;
 * ``persistence``: the store's state at the initial time (when that slot is written);
 * ``climatology``: the store statistics ``<var>_mean``; for events, the base rate of the training period
@@ -14,12 +16,18 @@ Per-cycle quantities are accumulated so that the tables are those of the pooled 
 (MAE, bias, CRPS, energy), RMSE = sqrt(mean of the per-cycle MSE), spread = sqrt(mean of the per-cycle mean
 variance), SSR from the aggregated spread and RMSE; Brier sums, reliability bins, contingency tables, FSS numerators
 and denominators and rank counts are summed. The metric math is :mod:`def_jax.evaluation.metrics`.
+
+Each cycle's statistics are kept beside the sums (``scores_by_cycle.csv``): percentile bootstrap intervals over the
+cycles (:mod:`def_jax.evaluation.bootstrap`, ``evaluation.bootstrap_samples`` resamples, one set of resamples for
+every system and score) fill the ``value_low``/``value_high`` columns of scores.csv and skill.csv and the interval
+columns of reliability.csv and spread_error.csv.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -30,18 +38,27 @@ import xarray as xr
 
 from def_jax.data.schema import open_store, parse_period, store_catalogue, written_mask
 from def_jax.errors import UserError
-from def_jax.evaluation import metrics
+from def_jax.evaluation import bootstrap, metrics
 from def_jax.evaluation.tables import (  # noqa: F401  (the column contracts are part of this module's API)
     ENSEMBLES,
+    PERTURBATIONS,
     RANK_COLUMNS,
     RELIABILITY_BINS,
     RELIABILITY_COLUMNS,
+    SCORES_BY_CYCLE_COLUMNS,
     SCORES_COLUMNS,
+    SKILL_COLUMNS,
     SPECTRA_COLUMNS,
+    SPREAD_ERROR_COLUMNS,
+    SPREAD_ERROR_EDGES,
     SYSTEMS,
     Accumulator,
+    cycle_rows,
     other_rows,
+    point_scores,
     score_rows,
+    skill_rows,
+    spread_error_rows,
     write_csv,
 )
 from def_jax.geo import LambertConformal
@@ -60,6 +77,9 @@ class Settings:
     thresholds: dict  # variable -> thresholds (variable units)
     fss_windows: tuple[int, ...]
     weighting: str
+    bootstrap_samples: int = 1000  # resamples of the cycles for the intervals (0: none)
+    confidence: float = 0.9  # of the percentile intervals
+    bootstrap_seed: int = 0
 
     @classmethod
     def from_config(cls, config) -> "Settings":
@@ -73,7 +93,13 @@ class Settings:
             raise UserError(f"evaluation.area_weighting: expected one of {', '.join(WEIGHTINGS)}; got {weighting!r}")
         thresholds = {name: tuple(float(t) for t in getattr(ev, f"{name}_thresholds", ()) or ())
                       for name in ("refc", "cape")}
-        return cls(bool(ev.fair_crps), {k: v for k, v in thresholds.items() if v}, windows, weighting)
+        samples, confidence = int(ev.get("bootstrap_samples", 1000)), float(ev.get("confidence", 0.9))
+        if samples < 0:
+            raise UserError(f"evaluation.bootstrap_samples: must be >= 0 (0 = no intervals); got {samples}")
+        if not 0.0 < confidence < 1.0:
+            raise UserError(f"evaluation.confidence: must be in (0, 1), e.g. 0.9; got {confidence}")
+        return cls(bool(ev.fair_crps), {k: v for k, v in thresholds.items() if v}, windows, weighting, samples,
+                   confidence, int(ev.get("bootstrap_seed", 0)))
 
 
 # --- the truth: the store ---------------------------------------------------------------------------------------
@@ -96,6 +122,7 @@ class Truth:
         self.weights = self._weights(settings.weighting)  # [Y, X] mean 1
         self.dx_km = self._dx_km()
         self._clim: dict[str, Optional[np.ndarray]] = {}
+        self._std: dict[str, Optional[np.ndarray]] = {}
         missing_stats = [v for v in self.state if f"{v}_mean" not in ds]
         if missing_stats:
             log(f"evaluate: the store has no statistics for {', '.join(missing_stats)} (run def-jax stats): "
@@ -174,13 +201,26 @@ class Truth:
         values = self._clim[var]
         return None if values is None else float(values if level_index is None else values[level_index])
 
+    def spread_edges(self, var: str, level_index: Optional[int]) -> Optional[np.ndarray]:
+        """Spread–error bin edges [E] of a channel: tables.SPREAD_ERROR_EDGES × its training-period ``<var>_std``
+        (None without statistics, or a zero std)."""
+        if var not in self._std:
+            name = f"{var}_std"
+            self._std[var] = np.asarray(self.ds[name].values, np.float64) if name in self.ds else None
+        values = self._std[var]
+        if values is None:
+            return None
+        std = float(values if level_index is None else values[level_index])
+        return SPREAD_ERROR_EDGES * std if np.isfinite(std) and std > 0 else None
+
 
 # --- jitted per-field computations ------------------------------------------------------------------------------
 
 
 @functools.partial(jax.jit, static_argnames=("fair",))
-def _ensemble_scores(members, truth, weights, key, fair: bool) -> dict:
-    """members [M, Y, X], truth [Y, X], weights [Y, X] → per-field means, rank counts and spectra."""
+def _ensemble_scores(members, truth, weights, key, edges, fair: bool) -> dict:
+    """members [M, Y, X], truth [Y, X], weights [Y, X], spread–error edges [E] → per-field means, rank counts,
+    spectra and spread–error sums."""
     mean = jnp.mean(members, axis=0)  # [Y, X]
     err = mean - truth
     wm = functools.partial(metrics.weighted_mean, weights=weights)
@@ -197,6 +237,7 @@ def _ensemble_scores(members, truth, weights, key, fair: bool) -> dict:
         out["crps_fair"] = wm(metrics.crps_ensemble(members, truth, fair=True))
         out["var"] = wm(metrics.ensemble_variance(members))
         out["energy"] = metrics.energy_score(members * sw, truth * sw, event_axes=(-2, -1), fair=True)
+        out["spread_error"] = jnp.stack(metrics.spread_error_counts(members, truth, edges, weights=weights))  # [4, K]
     return out
 
 
@@ -231,6 +272,17 @@ def _event_scores(members, truth, weights, threshold, base_rate, windows: tuple,
 # --- one cycle --------------------------------------------------------------------------------------------------
 
 
+def ensemble_system(path: Path, attrs: dict) -> str:
+    """The ensemble system of a forecast file: ``direct`` when its ``mode`` starts with ``direct``, else its
+    ``perturbation`` attribute (default ``def``), one of tables.PERTURBATIONS."""
+    if str(attrs.get("mode", "def")).startswith("direct"):
+        return "direct"
+    perturbation = str(attrs.get("perturbation", "def"))
+    if perturbation not in PERTURBATIONS:
+        raise UserError(f"{path}: perturbation {perturbation!r} is not one of {', '.join(PERTURBATIONS)}")
+    return perturbation
+
+
 def _open_forecast(path: Path, truth: Truth) -> xr.Dataset:
     """Open a forecast file lazily and check that it is one, on the store's grid."""
     if not path.is_file():
@@ -250,6 +302,7 @@ def _open_forecast(path: Path, truth: Truth) -> xr.Dataset:
                 raise UserError(f"{path}: no '{name}' variable (expected the layout of docs/FORECASTS.md)")
         if not np.issubdtype(fds["init_time"].dtype, np.datetime64):
             raise UserError(f"{path}: init_time is not a CF time (units 'hours since 1970-01-01 00:00:00')")
+        ensemble_system(path, fds.attrs)
         shape = (fds.sizes["y"], fds.sizes["x"])
         if shape != truth.shape:
             raise UserError(f"{path}: grid {shape[0]}×{shape[1]} differs from the store's {truth.shape[0]}×"
@@ -288,7 +341,7 @@ def _evaluate_cycle(path: Path, truth: Truth, settings: Settings, acc: Accumulat
     """Accumulate one forecast file's scores; returns (leads evaluated, leads skipped)."""
     fds = _open_forecast(path, truth)
     try:
-        system = "direct" if str(fds.attrs.get("mode", "def")).startswith("direct") else "def"
+        system = ensemble_system(path, fds.attrs)
         members = int(fds.sizes["member"])
         if members < 2 and "one member" not in warned:
             warned.add("one member")
@@ -341,35 +394,44 @@ def _evaluate_cycle(path: Path, truth: Truth, settings: Settings, acc: Accumulat
                     if clim is not None and reference:
                         fields["climatology"] = np.full(truth.shape, clim, np.float32)
                     key = jax.random.fold_in(cycle_key, (truth.order[var] * 1000 + (si or 0)) * 10000 + j)
-                    _accumulate_field(acc, settings, truth, fields, y, var, level, int(lead), key, reference)
+                    _accumulate_field(acc, settings, truth, fields, y, var, level, si, int(lead), key, reference,
+                                      init)
         return done, skipped
     finally:
         fds.close()
 
 
 def _accumulate_field(acc: Accumulator, settings: Settings, truth: Truth, fields: dict, y: np.ndarray, var: str,
-                      level: Optional[float], lead: int, key, reference: bool) -> None:
+                      level: Optional[float], level_index: Optional[int], lead: int, key, reference: bool,
+                      cycle: np.datetime64) -> None:
     """All scores of one field (variable, level, lead) of one cycle (``reference``: also the truth's spectrum and
-    the climatological Brier score, which count once per field)."""
+    the climatological Brier score, which count once per field); ``cycle`` is its init time."""
     w = truth.weights
+    add = functools.partial(acc.add, cycle=cycle)
+    edges = truth.spread_edges(var, level_index)
+    if edges is not None:
+        acc.spread_edges.setdefault((var, level), edges)
     for system, f in fields.items():
         base = (system, var, level, lead)
         if system in ENSEMBLES:
-            s = jax.device_get(_ensemble_scores(f, y, w, key, fair=f.shape[0] >= 2))
+            bins = np.float32(SPREAD_ERROR_EDGES if edges is None else edges)  # [E]; unused without statistics
+            s = jax.device_get(_ensemble_scores(f, y, w, key, bins, fair=f.shape[0] >= 2))
             for qty in ("mse", "mae", "bias", "crps_standard", "crps_fair", "var", "energy"):
                 if qty in s:
-                    acc.add(base + (qty, None, None), s[qty])
-            acc.add(base + ("ranks", None, None), s["ranks"])
-            acc.add(base + ("power", None, None), s["power"])
-            acc.add((f"{system}_mean", var, level, lead, "power", None, None), s["power_mean"])
+                    add(base + (qty, None, None), s[qty])
+            if "spread_error" in s and edges is not None:
+                add(base + ("spread_error", None, None), s["spread_error"])
+            add(base + ("ranks", None, None), s["ranks"])
+            add(base + ("power", None, None), s["power"])
+            add((f"{system}_mean", var, level, lead, "power", None, None), s["power_mean"])
             if reference:
-                acc.add(("truth", var, level, lead, "power", None, None), s["power_truth"])
+                add(("truth", var, level, lead, "power", None, None), s["power_truth"])
         else:
             s = jax.device_get(_single_scores(f, y, w))
             for qty in ("mse", "mae", "bias"):
-                acc.add(base + (qty, None, None), s[qty])
+                add(base + (qty, None, None), s[qty])
             if system == "deterministic":
-                acc.add(base + ("power", None, None), jax.device_get(_power(f)))
+                add(base + ("power", None, None), jax.device_get(_power(f)))
     if level is not None:
         return
     for thr in settings.thresholds.get(var, ()):
@@ -380,15 +442,15 @@ def _accumulate_field(acc: Accumulator, settings: Settings, truth: Truth, fields
             e = jax.device_get(_event_scores(f if f.ndim == 3 else f[None], y, w, np.float32(thr),
                                              np.float32(base_rate), settings.fss_windows, RELIABILITY_BINS))
             base = (system, var, level, lead)
-            acc.add(base + ("brier", thr, None), e["brier"])
-            acc.add(base + ("contingency", thr, None), e["contingency"])
+            add(base + ("brier", thr, None), e["brier"])
+            add(base + ("contingency", thr, None), e["contingency"])
             for window, comp in zip(settings.fss_windows, e["fss"]):
-                acc.add(base + ("fss", thr, window), comp)
+                add(base + ("fss", thr, window), comp)
             if system in ENSEMBLES:
-                acc.add(base + ("reliability", thr, None), e["reliability"])
+                add(base + ("reliability", thr, None), e["reliability"])
                 if reference and np.isfinite(base_rate):  # the climatological forecast of the field: Brier only
                     ref, den, observed = (float(x) for x in e["brier"][[2, 1, 3]])
-                    acc.add(("climatology", var, level, lead, "brier", thr, None), [ref, den, ref, observed])
+                    add(("climatology", var, level, lead, "brier", thr, None), [ref, den, ref, observed])
 
 
 # --- entry point ------------------------------------------------------------------------------------------------
@@ -396,8 +458,9 @@ def _accumulate_field(acc: Accumulator, settings: Settings, truth: Truth, fields
 
 def evaluate(forecast_paths: list[Path], store: Path, out_dir: Path, *, config, log: Callable[[str], None] = print
              ) -> dict:
-    """Score forecast files against the store and write ``scores.csv``, ``rank_histogram.csv``, ``reliability.csv``
-    and ``spectra.csv`` into ``out_dir`` (layouts in docs/FORECASTS.md).
+    """Score forecast files against the store and write ``scores.csv``, ``skill.csv``, ``rank_histogram.csv``,
+    ``reliability.csv``, ``spread_error.csv``, ``spectra.csv`` and ``scores_by_cycle.csv`` into ``out_dir`` (layouts in
+    docs/FORECASTS.md).
 
     Returns a summary: ``cycles``, ``leads_evaluated``, ``leads_skipped`` (valid time not written in the store),
     ``systems`` and ``tables`` (name → path).
@@ -424,14 +487,30 @@ def evaluate(forecast_paths: list[Path], store: Path, out_dir: Path, *, config, 
                         f"{truth.path}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    intervals = reliability_bounds = spread_bounds = None
+    if settings.bootstrap_samples > 0:
+        started = time.perf_counter()
+        stats = acc.cycle_statistics()
+        counts = bootstrap.resample_counts(len(stats.inits), settings.bootstrap_samples, settings.bootstrap_seed)
+        intervals = bootstrap.score_intervals(stats, counts, settings.confidence, fair_crps=settings.fair_crps)
+        reliability_bounds = bootstrap.bin_intervals(stats, counts, "reliability", settings.confidence)
+        spread_bounds = bootstrap.bin_intervals(stats, counts, "spread_error", settings.confidence)
+        log(f"evaluate: {settings.confidence:.0%} bootstrap intervals from {settings.bootstrap_samples} resamples of "
+            f"the {len(stats.inits)} cycles in {time.perf_counter() - started:.1f} s")
     with jax.enable_x64(True):  # ratios of the float64 sums in float64
-        scores = score_rows(acc, settings, truth.order)
-    ranks, reliability, spectra = other_rows(acc, truth.order, truth.dx_km, truth.shape)
+        scores = point_scores(acc, settings, truth.order)
+        spread_error = spread_error_rows(acc, settings, truth.order, spread_bounds)
+    ranks, reliability, spectra = other_rows(acc, truth.order, truth.dx_km, truth.shape, reliability_bounds)
     tables = {
-        "scores": write_csv(out_dir / "scores.csv", SCORES_COLUMNS, scores),
+        "scores": write_csv(out_dir / "scores.csv", SCORES_COLUMNS, score_rows(acc, settings, truth.order, intervals,
+                                                                               scores)),
+        "skill": write_csv(out_dir / "skill.csv", SKILL_COLUMNS, skill_rows(acc, scores, settings, intervals)),
         "rank_histogram": write_csv(out_dir / "rank_histogram.csv", RANK_COLUMNS, ranks),
         "reliability": write_csv(out_dir / "reliability.csv", RELIABILITY_COLUMNS, reliability),
+        "spread_error": write_csv(out_dir / "spread_error.csv", SPREAD_ERROR_COLUMNS, spread_error),
         "spectra": write_csv(out_dir / "spectra.csv", SPECTRA_COLUMNS, spectra),
+        "scores_by_cycle": write_csv(out_dir / "scores_by_cycle.csv", SCORES_BY_CYCLE_COLUMNS,
+                                     cycle_rows(acc, truth.order)),
     }
     systems = sorted({k[0] for k in acc.sums if k[0] in SYSTEMS}, key=SYSTEMS.index)
     log(f"evaluate: {len(paths)} cycles, {done} leads, systems {', '.join(systems)}; tables in {out_dir}")

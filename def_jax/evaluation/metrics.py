@@ -20,6 +20,8 @@ and forecast probabilities p ∈ [0, 1].
 * Energy score: the same with |·| replaced by the Euclidean norm over the event axes (pair term O(M²)).
 * Spread/skill ratio (Fortin et al. 2014): sqrt((M+1)/M) · spread / RMSE(x̄), spread = sqrt(mean of the unbiased
   ensemble variance); 1 for a calibrated ensemble.
+* Spread–error relationship: the points binned by predicted spread s, per bin sqrt((M+1)/M · mean s²) against the
+  ensemble-mean RMSE in the bin (the binned spread/skill diagram of Leutbecher & Palmer 2008).
 * Brier score (p − o)² and Murphy's (1973) decomposition BS = REL − RES + UNC; FSS (Roberts & Lean 2008).
 """
 
@@ -184,6 +186,48 @@ def spread_skill_ratio(spread, rmse, members) -> jax.Array:
     s, r = jnp.asarray(spread), jnp.asarray(rmse)
     m = jnp.asarray(members, _float_dtype(s, r))
     return jnp.sqrt((m + 1) / m) * s / r
+
+
+class SpreadErrorCounts(NamedTuple):
+    """Per bin k of predicted spread: points n_k, Σ w, Σ w s² and Σ w (x̄ − y)² (sums over points, and over cycles)."""
+
+    count: jax.Array  # [K]
+    weight: jax.Array  # [K]
+    variance: jax.Array  # [K]
+    squared_error: jax.Array  # [K]
+
+
+def spread_error_counts(ensemble, truth, edges, *, member_axis: int = 0, weights=None) -> SpreadErrorCounts:
+    """The spread–error relationship: points binned by their predicted spread s (unbiased std, ddof = 1; M ≥ 2).
+
+    ``edges`` e_0 < … < e_{E−1} (the field's units) give K = E + 1 bins [0, e_0), [e_{k−1}, e_k), [e_{E−1}, ∞); per bin
+    the sums of w, w s² and w (x̄ − y)² over all points (``weights`` broadcastable to the truth; None: 1). With fixed
+    edges the sums of several fields (cycles) are those of the pooled points."""
+    ens, y = _members_first(ensemble, truth, member_axis)  # [M, ...], [...]
+    var = ensemble_variance(ens)  # [...]
+    err2 = jnp.square(jnp.mean(ens, axis=0) - y)
+    w = jnp.ones_like(y) if weights is None else jnp.broadcast_to(jnp.asarray(weights, y.dtype), y.shape)
+    e = jnp.asarray(edges, y.dtype)
+    idx = jnp.searchsorted(e, jnp.sqrt(var), side="right").ravel()  # bin k holds [e_{k−1}, e_k)
+    k = e.shape[0] + 1
+    total = lambda v: jnp.bincount(idx, weights=v.ravel(), length=k)  # noqa: E731
+    return SpreadErrorCounts(jnp.bincount(idx, length=k), total(w), total(w * var), total(w * err2))
+
+
+def spread_error_curve(counts: SpreadErrorCounts, members) -> tuple[jax.Array, jax.Array]:
+    """(spread, RMSE) per bin: sqrt((M+1)/M · Σ w s² / Σ w) and sqrt(Σ w (x̄ − y)² / Σ w); NaN for empty bins.
+
+    The factor (M+1)/M is :func:`spread_skill_ratio`'s: where the truth is exchangeable with the members,
+    E[(x̄ − y)²] = (M+1)/M · E[s²], so a calibrated ensemble lies on the diagonal (up to the sampling noise of s,
+    which, binned on, pulls the extreme bins' error toward the overall mean).
+    """
+    w = jnp.asarray(counts.weight)
+    dtype = _float_dtype(w)
+    m = jnp.asarray(members, dtype)
+    safe = jnp.where(w > 0, w, 1).astype(dtype)
+    spread_ = jnp.sqrt((m + 1) / m * jnp.asarray(counts.variance, dtype) / safe)
+    error = jnp.sqrt(jnp.asarray(counts.squared_error, dtype) / safe)
+    return jnp.where(w > 0, spread_, jnp.nan), jnp.where(w > 0, error, jnp.nan)
 
 
 def rank_histogram(ensemble, truth, *, member_axis: int = 0, key: Optional[jax.Array] = None) -> jax.Array:
