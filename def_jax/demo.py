@@ -160,8 +160,14 @@ def demo_inits(cfg: ml_collections.ConfigDict, every_hours: int = 12) -> list[np
     return inits
 
 
+# The simple ensemble the demo judges DEF against: spatially correlated noise before every G_φ step, at the amplitude
+# the ensemble study chose on validation data (docs/RESULTS.md)
+BASELINE = {"perturbation": "correlated", "perturbation_scale": 0.5}
+
+
 def forecast_stages(cfg: ml_collections.ConfigDict, workdir: Path) -> dict:
-    """forecast → evaluate → plot; finished forecast files are reused, the tables and figures are remade."""
+    """forecast (DEF, then the baseline ensemble) → evaluate → plot; finished forecast files are reused, the tables
+    and figures are remade."""
     from def_jax.evaluation.evaluate import evaluate
     from def_jax.evaluation.plots import make_plots
     from def_jax.forecast.run import forecast
@@ -174,8 +180,14 @@ def forecast_stages(cfg: ml_collections.ConfigDict, workdir: Path) -> dict:
           f"B = {e.members} members, K = {e.walks} walks, λ = {e.guidance_scale}, {cfg.sampler.name} with "
           f"S = {cfg.sampler.steps} steps")
     files = forecast(cfg, workdir, workdir / "forecasts", inits)
-    _section("6. evaluate: scores of DEF, the deterministic rollout, persistence and climatology")
-    result = evaluate(files, Path(cfg.data.store), workdir / "evaluation", config=cfg)
+    base = cfg.copy_and_resolve_references()
+    base.ensemble.update(BASELINE)
+    base.ensemble.include_deterministic = False  # the same G_φ rollout as DEF's files
+    print(f"the baseline: {BASELINE['perturbation']} noise of {BASELINE['perturbation_scale']} × each channel's "
+          f"one-hour change before every G_φ step, {e.members} members")
+    baseline_files = forecast(base, workdir, workdir / f"forecasts_{BASELINE['perturbation']}", inits)
+    _section("6. evaluate: scores of DEF, the baseline, the deterministic rollout, persistence and climatology")
+    result = evaluate(files + baseline_files, Path(cfg.data.store), workdir / "evaluation", config=cfg)
     _section("7. plot")
     figures = make_plots(workdir / "evaluation", workdir / "plots", forecast_path=stormiest(files, cfg),
                          store=Path(cfg.data.store), variables=list(REPORT_VARIABLES), log=lambda m: None)

@@ -14,13 +14,137 @@ INTRO = """\
 **What DEF is.** A weather model run once gives one future; the atmosphere's chaos means many futures are possible,
 and a forecaster wants their probabilities ("40 % chance of storms"). DEF (Diffusion-augmented Ensemble
 Forecasting, Millard et al. 2025) builds such an ensemble from two networks: a deterministic forecaster G_φ that
-steps the state forward one hour, and a diffusion model ε_θ trained to generate states close to a given one. At each
-hour every member's state is perturbed by K reverse diffusions ("walks") conditioned on it, then stepped forward by
-G_φ; the guidance scale λ sets how far the perturbations stray (λ = 1 smallest, λ = 0 a draw from climatology). The
-ensemble is judged by proper scores: the CRPS (lower is better; for one forecast it equals the absolute error), the
-spread/skill ratio (1 means the ensemble's spread matches its error: calibrated), and for storms the Brier score of
-P(reflectivity ≥ 35 dBZ) and its skill against climatology (BSS > 0 beats it).
+steps the state forward one hour, and a diffusion model ε_θ of the weather's climate. At each hour every member's
+state is perturbed by K reverse diffusions ("walks") guided toward it, then stepped forward by G_φ; the guidance scale
+λ sets how far the perturbations stray (λ = 1 none, λ = 0 a draw from the climate). Simpler ensembles (noise added
+to the states, bred vectors, lagged starts) are the yardstick DEF must beat. The ensembles are judged by proper
+scores: the CRPS (lower is better; for one forecast it equals the absolute error), the spread/skill ratio (1 means
+the ensemble's spread matches its error: calibrated), and for storms the reliability of P(reflectivity ≥ 35 dBZ)
+(a forecast of 40 % should verify 40 % of the time) and its Brier skill against climatology (BSS > 0 beats it).
+Intervals in brackets are 90 % bootstrap intervals over the forecast cycles.
 """
+
+
+def _interval(df: pd.DataFrame, system: str, variable: str, level, lead: int, score: str, threshold=None
+              ) -> tuple[float, float, float]:
+    """(value, low, high) of a score (NaN bounds when the table has no intervals)."""
+    q = (df.system == system) & (df.variable == variable) & (df.lead_hours == lead) & (df.score == score)
+    q &= df.level.isna() if level is None else (df.level == level)
+    if threshold is not None:
+        q &= np.isclose(df.threshold, threshold)
+    rows = df.loc[q]
+    if not len(rows):
+        return (np.nan, np.nan, np.nan)
+    r = rows.iloc[0]
+    return tuple(float(r.get(c, np.nan)) if pd.notna(r.get(c, np.nan)) else np.nan
+                 for c in ("value", "value_low", "value_high"))
+
+
+def _fmt_ci(v: tuple, digits: int = 3) -> str:
+    value, lo, hi = v
+    if not np.isfinite(value):
+        return "–"
+    return _fmt(value, digits) + (f" [{_fmt(lo, digits)}, {_fmt(hi, digits)}]" if np.isfinite(lo) and
+                                  np.isfinite(hi) else "")
+
+
+def _finite_mean(values: pd.Series) -> float:
+    """The mean of the finite values (a channel the deterministic run predicts exactly has an infinite ratio)."""
+    v = values.to_numpy(np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else np.nan
+
+
+def ensemble_systems(df: pd.DataFrame) -> list[str]:
+    from def_jax.evaluation.tables import ENSEMBLES
+
+    return [s for s in ENSEMBLES if (df.system == s).any()]
+
+
+def answers(workdir: Path, df: pd.DataFrame, leads: Sequence[int], threshold: float) -> list[str]:
+    """The two questions a forecaster asks first, answered from the evaluation tables: is the ensemble better than
+    one run (skill.csv), and is its storm probability reliable (reliability.csv, pooled over leads)?"""
+    ev = Path(workdir) / "evaluation"
+    systems = ensemble_systems(df)
+    lines = ["## First: is the ensemble better than one run, and is its storm probability reliable?", ""]
+    skill_path = ev / "skill.csv"
+    if skill_path.exists() and systems:
+        skill = pd.read_csv(skill_path)
+        lines += ["Over all state channels (means of the per-channel ratios; < 1 is better than the deterministic "
+                  "run; spread/skill: geometric mean, 1 is calibrated):", "",
+                  "| lead (h) | " + " | ".join(f"{s}: CRPS ÷ det. MAE | {s}: RMSE ÷ det. RMSE | {s}: spread/skill"
+                                              for s in systems) + " |",
+                  "| ---: | " + " | ".join("---: | ---: | ---:" for _ in systems) + " |"]
+        last = {}
+        for lead in leads:
+            cells = []
+            for s in systems:
+                sub = skill[(skill.system == s) & (skill.lead_hours == lead)]
+                crps, rmse = (_finite_mean(sub[sub.score == name].value)
+                              for name in ("crps_over_deterministic_mae", "rmse_over_deterministic_rmse"))
+                ssr = df[(df.system == s) & (df.lead_hours == lead) & (df.score == "ssr")].value
+                ssr = ssr[np.isfinite(ssr) & (ssr > 0)]
+                g = float(np.exp(np.log(ssr).mean())) if len(ssr) else np.nan
+                cells += [_fmt(crps), _fmt(rmse), _fmt(g)]
+                last[s] = (crps, rmse, g)
+            lines.append(f"| {lead} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lead = max(leads)
+        for s in systems:
+            crps, rmse, g = last[s]
+            if not np.isfinite(crps):
+                continue
+            verdict = "better" if crps < 1 else "not better"
+            lines.append(f"- **{s}** at {lead} h: {verdict} than one run as a distribution (CRPS "
+                         f"{100 * abs(1 - crps):.0f} % {'below' if crps < 1 else 'above'} the deterministic MAE on "
+                         f"average), its mean {'closer to' if rmse < 1 else 'further from'} the truth than the single "
+                         f"run (RMSE ratio {rmse:.2f}), spread/skill {g:.2f}"
+                         f"{' (under-dispersive)' if g < 0.8 else ' (over-dispersive)' if g > 1.2 else ''}.")
+        lines.append("")
+    reliability_path = ev / "reliability.csv"
+    if reliability_path.exists():
+        rel = pd.read_csv(reliability_path)
+        rel = rel[(rel.variable == "refc") & np.isclose(rel.threshold, threshold)]
+        for s in systems:
+            lines += _reliability_lines(ev, rel[rel.system == s], s, threshold)
+    return lines
+
+
+def _reliability_lines(ev: Path, rel: pd.DataFrame, system: str, threshold: float) -> list[str]:
+    """The reliability of P(REFC ≥ threshold) pooled over leads (point sums from reliability.csv; intervals from
+    scores_by_cycle.csv when it exists)."""
+    if not len(rel):
+        return []
+    bins = rel.groupby("bin_lower")
+    count = bins["count"].sum()
+    fcst = (rel.forecast_probability.fillna(0) * rel["count"]).groupby(rel.bin_lower).sum() / count.where(count > 0)
+    obs = (rel.observed_frequency.fillna(0) * rel["count"]).groupby(rel.bin_lower).sum() / count.where(count > 0)
+    low = high = None
+    if (ev / "scores_by_cycle.csv").exists():
+        from def_jax.evaluation import bootstrap
+        from def_jax.evaluation.tables import read_scores_by_cycle
+
+        stats = read_scores_by_cycle([ev])
+        n = len(stats[0].inits)
+        res = bootstrap.binned_sums(stats, bootstrap.resample_counts(n, 1000, 0), "reliability", system, "refc",
+                                    None, threshold)[0]  # [R, 3, bins]
+        if res.size:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                low, high = bootstrap.percentile_interval(res[:, 2] / res[:, 0], 0.9)
+    lines = [f"**Reliability of {system}'s P(REFC ≥ {threshold:g} dBZ)**, all leads pooled:", "",
+             "| forecast probability bin | mean forecast | observed frequency | points |", "| --- | ---: | ---: | ---: |"]
+    worst, thin = 0.0, 0
+    for i, (edge, n_pts) in enumerate(count.items()):
+        upper = rel[rel.bin_lower == edge].bin_upper.iloc[0]
+        ci = (obs[edge], low[i], high[i]) if low is not None else (obs[edge], np.nan, np.nan)
+        lines.append(f"| {edge:.1f}–{upper:.1f} | {_fmt(fcst[edge])} | {_fmt_ci(ci)} | {int(n_pts)} |")
+        if n_pts >= 100:
+            worst = max(worst, abs(obs[edge] - fcst[edge]))
+        else:
+            thin += 1
+    verdict = "reliable within ±0.1" if worst <= 0.1 else "not reliable within ±0.1"
+    return lines + ["", f"- {system}'s storm probability is {verdict} in the bins with at least 100 points "
+                        f"(largest |observed − forecast| {worst:.2f}; {thin} bin(s) have fewer points).", ""]
 
 
 def _val(df: pd.DataFrame, system: str, variable: str, level, lead: int, score: str, threshold=None) -> float:
@@ -200,8 +324,8 @@ def write_report(workdir: Path, cfg, inits: Sequence[np.datetime64], figures: Se
         f"{cfg.evaluation.area_weighting}; persistence = the initial state, climatology = the training-period mean "
         f"(and base rate for events).",
         f"- This run of the demo took {minutes:.1f} minutes (a rerun reuses the stages an earlier run finished).", "",
-        "## Results", "",
     ]
+    lines += answers(workdir, df, shown, 35.0) + ["## Results", ""]
     units = {v.name: v.units or "1" for v in cat}
     for key in variables:
         var, _ = _split(key, levels)

@@ -54,3 +54,32 @@ def test_report_says_when_no_storm_was_observed(tmp_path):
     text = path.read_text()
     assert "| 4 | 0 | 0.01 | 0.03 | 0.04 | 0.02 | – | – |" in text
     assert "no REFC ≥ 35 dBZ was observed at 4 h" in text and "Brier skill score of" not in text
+
+
+def test_report_answers_first_whether_the_ensemble_beats_one_run_and_storms_are_reliable(tmp_path):
+    """skill.csv's ratios (a channel the single run predicts exactly, ratio inf, is left out of the mean) and
+    reliability.csv pooled over leads decide the two sentences at the top."""
+    scores(tmp_path)
+    skill = []
+    for lead in (1, 2, 3, 4):
+        skill += [("def", "t2m", None, lead, "crps_over_deterministic_mae", 0.8),
+                  ("def", "t2m", None, lead, "rmse_over_deterministic_rmse", 0.9),
+                  ("def", "q", 50.0, lead, "crps_over_deterministic_mae", np.inf)]
+    pd.DataFrame(skill, columns=["system", "variable", "level", "lead_hours", "score", "value"]).to_csv(
+        tmp_path / "evaluation" / "skill.csv", index=False)
+    rel = []
+    for lead in (1, 2):  # pooled over leads: counts add, frequencies weight by count
+        rel += [("def", "refc", 35.0, lead, 0.0, 0.1, 0.05, 0.06, 250), ("def", "refc", 35.0, lead, 0.5, 0.6, 0.55,
+                                                                          0.5, 25),
+                ("def", "refc", 35.0, lead, 0.9, 1.0, 0.95, 0.4 + 0.2 * (lead - 1), 100)]
+    pd.DataFrame(rel, columns=["system", "variable", "threshold", "lead_hours", "bin_lower", "bin_upper",
+                               "forecast_probability", "observed_frequency", "count"]).to_csv(
+        tmp_path / "evaluation" / "reliability.csv", index=False)
+    text = write_report(tmp_path, get_config("demo"), [np.datetime64("2024-06-13T00")], [], minutes=1.0,
+                        variables=("t2m",)).read_text()
+    first = text.index("## First")
+    assert first < text.index("## Results")
+    assert "| 4 | 0.8 | 0.9 | 0.5 |" in text  # CRPS ratio (inf left out), RMSE ratio, geometric-mean SSR
+    assert "**def** at 4 h: better than one run as a distribution (CRPS 20 % below" in text
+    assert "| 0.9–1.0 | 0.95 | 0.5 | 200 |" in text and "| 0.5–0.6 | 0.55 | 0.5 | 50 |" in text
+    assert "not reliable within ±0.1" in text and "largest |observed − forecast| 0.45; 1 bin(s)" in text

@@ -108,7 +108,10 @@ def test_checkpoint_config_mismatch_is_named(mini_store, trained_workdir):
         train("forecaster", cfg, tmp_path, log=lambda m: None)
     cfg = learning_config(mini_store)
     cfg.diffusion.mode = "def"
-    cfg.forecaster.predict_increment = False  # the frozen G_φ must be the one the config describes
+    # with conditional samples ε_θ's training runs the frozen G_φ (random advancement): it must be the one the config
+    # describes
+    cfg.diffusion.p_uncond, cfg.diffusion.conditional = 0.5, "network"
+    cfg.forecaster.predict_increment = False
     with pytest.raises(UserError, match=r"forecaster\.predict_increment: True → False"):
         train("diffusion", cfg, tmp_path, log=lambda m: None)
 
@@ -238,3 +241,5 @@ def test_checkpoints_older_than_a_field_match_its_legacy_value():
     assert config_differences(saved, learned, fields) == []
     assert config_differences(saved, exact, fields) == ["denoiser.skip_coefficients: 'learned' → 'exact'"]
     assert config_differences(exact, learned, fields) == ["denoiser.skip_coefficients: 'exact' → 'learned'"]
+    with_prior = {"denoiser": {**exact["denoiser"], "null_prior": "spectral"}}
+    assert config_differences(exact, with_prior, fields) == ["denoiser.null_prior: 'white' → 'spectral'"]

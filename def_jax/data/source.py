@@ -97,14 +97,18 @@ def state_fields(ds: Any, store: str) -> tuple[Field, ...]:
     return tuple(_field(ds, v, store) for v in schema.store_catalogue(ds).by_role("state"))
 
 
-def channel_statistic(ds: Any, fields: Sequence[Field], store: str, key: str) -> np.ndarray:
-    """One statistic (``mean``, ``std``, ``diff_mean``, ``diff_std``: :func:`schema.stat_names`) of every channel of
-    ``fields`` from the store's ``<var>_<key>`` variables: [C] float64."""
-    missing = [schema.stat_names(f.name)[key] for f in fields if schema.stat_names(f.name)[key] not in ds]
+def _require_statistics(ds: Any, fields: Sequence[Field], store: str, keys: Sequence[str]) -> None:
+    missing = [schema.stat_names(f.name)[k] for f in fields for k in keys if schema.stat_names(f.name)[k] not in ds]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise UserError(f"store {store}: no normalization statistics ({', '.join(missing[:3])}{more} missing); "
                         f"run `def-jax stats` first, or use --config.data.normalization=per_sample")
+
+
+def channel_statistic(ds: Any, fields: Sequence[Field], store: str, key: str) -> np.ndarray:
+    """One statistic (``mean``, ``std``, ``diff_mean``, ``diff_std``: :func:`schema.stat_names`) of every channel of
+    ``fields`` from the store's ``<var>_<key>`` variables: [C] float64."""
+    _require_statistics(ds, fields, store, (key,))
     out = []
     for f in fields:
         name = schema.stat_names(f.name)[key]
@@ -122,6 +126,7 @@ def channel_statistic(ds: Any, fields: Sequence[Field], store: str, key: str) ->
 
 def load_stats(ds: Any, fields: Sequence[Field], store: str) -> norm.ChannelStats:
     """Global statistics of ``fields``' channels from the store's ``<var>_mean``/``<var>_std`` variables."""
+    _require_statistics(ds, fields, store, ("mean", "std"))
     mean, std = (channel_statistic(ds, fields, store, key) for key in ("mean", "std"))  # [C]
     channels = tuple(c for f in fields for c in f.channels)
     bad = [c for c, m, s in zip(channels, mean, std) if not (np.isfinite(m) and np.isfinite(s) and s >= 0)]

@@ -411,3 +411,23 @@ def bin_intervals(stats, weights, quantity: str, confidence: float,
         low, high = _row_intervals(values.reshape(k * bins, r), confidence)
         out.update((key, (low[i * bins:(i + 1) * bins], high[i * bins:(i + 1) * bins])) for i, key in enumerate(keys))
     return out
+
+
+def binned_sums(stats, weights, quantity: str, system: str, variable: str, level: Optional[float],
+                threshold: Optional[float] = None) -> list[np.ndarray]:
+    """A binned quantity (``reliability``: count, Σ p, Σ o; ``spread_error``: count, Σ w, Σ w s², Σ w e²) of one
+    system and field, summed over every lead, under each resample: one array [R, components, bins] per evaluation
+    in ``stats`` (``weights`` [R, n]; np.ones((1, n)) gives the pooled sums). Empty (zeros) where the field has no
+    such quantity."""
+    out = []
+    for st in _as_list(stats):
+        q = st.quantities.get(quantity)
+        cols = [] if q is None else [j for j, k in enumerate(q.keys) if k[0] == system and k[1] == variable
+                                     and k[2] == level and (threshold is None or k[4] == threshold)]
+        if not cols:
+            shape = (weights.shape[0],) + (q.values.shape[2:] if q is not None else (0, 0))
+            out.append(np.zeros(shape))
+            continue
+        x = q.values[:, cols].sum(axis=1)  # [n, components, bins]
+        out.append(np.tensordot(weights, x, axes=(1, 0)))  # [R, components, bins]
+    return out

@@ -60,7 +60,8 @@ def flatten_config(d: dict, prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: dict, current: dict, fields: tuple[str, ...]) -> list[str]:
     """``field: saved → current`` for every differing field that starts with one of ``fields``."""
     a, b = flatten_config(saved), flatten_config(current)
-    a = {**{k: v for k, v in LEGACY_DEFAULTS.items() if a}, **a}  # a checkpoint from before the field existed
+    # a checkpoint from before a field existed had its legacy behaviour (compared where the config has the field)
+    a = {**{k: v for k, v in LEGACY_DEFAULTS.items() if a and k in b}, **a}
     keys = sorted(k for k in set(a) | set(b) if any(k == f or k.startswith(f) for f in fields))
     return [f"{k}: {a.get(k, '<absent>')!r} → {b.get(k, '<absent>')!r}" for k in keys if a.get(k) != b.get(k)]
 

@@ -1,0 +1,226 @@
+"""The ensemble study (docs/RESULTS.md): DEF against the simple ensembles of the field and the deterministic run, on a
+convective mini-HRRR, over several training seeds of ε_θ, with bootstrap intervals over forecast cycles.
+
+    .venv/bin/python experiments/ensemble_study/run.py [WORKDIR]   (default runs/ensemble_study; about 2 h on 2 cores)
+
+Every stage is a def-jax command and resumes or reuses what is finished, so the script can be rerun after an
+interruption. Stages, with WORKDIR = W:
+
+1. the world: ``synth`` (eight weeks of the convective mini-HRRR), ``prepare``, ``stats`` → ``W/mini_hrrr.zarr``;
+2. G_φ, shared by every ensemble: ``train-forecaster`` → ``W/g/forecaster``;
+3. ε_θ for each seed: ``train-diffusion --config.seed=S`` → ``W/sS/diffusion`` (the seeds' G_φ is ``W/g``'s), then
+   ``check-denoiser`` → ``W/sS/check_denoiser``;
+4. tuning on the validation week with seed 0's models: ``tune`` for DEF (λ at each K) and for each baseline
+   (its amplitude, or the lag), by spread/skill → ``W/tuning/<ensemble>/tuning.csv``; the chosen settings apply to
+   every seed;
+5. test forecasts of every ensemble at its chosen setting for every seed (the seed changes ε_θ and every ensemble's
+   random draws), from ``CYCLES`` initial times ``EVERY`` hours apart → ``W/sS/<ensemble>/forecasts``, and
+   ``evaluate`` → ``W/sS/<ensemble>/evaluation``;
+6. ``summarize.py W`` → ``W/RESULTS_tables.md`` (the tables of docs/RESULTS.md) and ``plot`` of all ensembles.
+
+Independent jobs (the seeds' training, the forecasts and evaluations) run two at a time, each pinned to one core.
+Environment: SEEDS (default "0 1 2"), EVERY (hours between test cycles, 18: every hour of the day is an initial time
+in turn), JOBS (parallel jobs, 2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DJ = str(ROOT / ".venv" / "bin" / "def-jax")
+CONFIG = ROOT / "experiments" / "ensemble_study" / "config.py"
+ENSEMBLES = ("def", "gaussian", "correlated", "bred", "lagged")
+GRIDS = {  # the validation grids of step 4
+    "def": {"scales": "0.2,0.35,0.5,0.7", "walks": "1"},  # K = 1: each walk costs S network calls per member
+    "gaussian": {"scales": "0.25,0.5,1,2"},
+    "correlated": {"scales": "0.25,0.5,1,2"},
+    "bred": {"scales": "0.5,1,2,4"},
+    "lagged": {"scales": "1,2,3"},
+}
+
+
+def log(message: str) -> None:
+    print(f"[study {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run(args: list[str], logfile: Path, core: int | None = None) -> None:
+    """Run one def-jax command (pinned to ``core``), its output into ``logfile``; raise on failure."""
+    cmd = (["taskset", "-c", str(core)] if core is not None else []) + args
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    with open(logfile, "a") as out:
+        out.write(f"$ {' '.join(cmd)}\n")
+        out.flush()
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    if code:
+        raise SystemExit(f"failed ({code}): {' '.join(args)} — see {logfile}")
+
+
+def parallel(jobs: list[tuple[list[str], Path]], width: int) -> None:
+    """Run ``jobs`` (args, logfile) ``width`` at a time, each pinned to its own core."""
+    cores = list(range(width))
+    running: list[tuple[subprocess.Popen, int, tuple]] = []
+    queue = list(jobs)
+    while queue or running:
+        while queue and cores:
+            args, logfile = queue.pop(0)
+            core = cores.pop(0)
+            logfile.parent.mkdir(parents=True, exist_ok=True)
+            out = open(logfile, "a")
+            out.write(f"$ {' '.join(args)}\n")
+            out.flush()
+            proc = subprocess.Popen(["taskset", "-c", str(core)] + args, stdout=out, stderr=subprocess.STDOUT,
+                                    cwd=ROOT)
+            running.append((proc, core, (args, logfile, out)))
+        time.sleep(2)
+        for item in list(running):
+            proc, core, (args, logfile, out) = item
+            if proc.poll() is None:
+                continue
+            out.close()
+            running.remove(item)
+            cores.append(core)
+            if proc.returncode:
+                for other, _, (_, _, o) in running:
+                    other.terminate()
+                    o.close()
+                raise SystemExit(f"failed ({proc.returncode}): {' '.join(args)} — see {logfile}")
+
+
+def study_config(w: Path):
+    """The study's config (config.py) for workdir ``w``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ensemble_study_config", CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(str(w))
+
+
+def chosen(table: Path) -> dict:
+    """The chosen row of a tuning table (by spread/skill, as ``tune`` picks it)."""
+    import pandas as pd
+
+    from def_jax.tuning import pick_best
+
+    return pick_best(pd.read_csv(table).to_dict("records"))
+
+
+def setting_overrides(row: dict) -> list[str]:
+    from def_jax.tuning import best_overrides
+
+    return best_overrides(row).split()
+
+
+def main() -> int:
+    w = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/ensemble_study").absolute()
+    seeds = [int(s) for s in os.environ.get("SEEDS", "0 1 2").split()]
+    every = int(os.environ.get("EVERY", "18"))
+    width = int(os.environ.get("JOBS", "2"))
+    w.mkdir(parents=True, exist_ok=True)
+    c = [f"--config={CONFIG}:{w}"]
+    t0 = time.time()
+
+    log("1. the world")
+    store = w / "mini_hrrr.zarr"
+    if not (w / "grib" / "synth.json").exists():
+        run([DJ, "synth", *c, f"--out={w / 'grib'}"], w / "logs" / "world.log")
+    run([DJ, "prepare", *c, f"--src={w / 'grib'}", "--workers=2"], w / "logs" / "world.log")
+    import xarray as xr
+
+    from def_jax.data import schema
+
+    with xr.open_zarr(store, consolidated=False) as ds:
+        fresh = ds.attrs.get("stats_train_period") and schema.SPECTRAL_COVARIANCE in ds
+    if not fresh:
+        run([DJ, "stats", *c], w / "logs" / "world.log")
+
+    log("2. G_φ")
+    run([DJ, "train-forecaster", *c, f"--workdir={w / 'g'}"], w / "logs" / "forecaster.log")
+
+    log(f"3. ε_θ for seeds {seeds}")
+    jobs = []
+    for s in seeds:
+        sw = w / f"s{s}"
+        sw.mkdir(exist_ok=True)
+        if not (sw / "forecaster").exists():
+            (sw / "forecaster").symlink_to(w / "g" / "forecaster")
+        jobs.append(([DJ, "train-diffusion", *c, f"--workdir={sw}", f"--config.seed={s}"],
+                     w / "logs" / f"diffusion_s{s}.log"))
+    parallel(jobs, width)
+    parallel([([DJ, "check-denoiser", *c, f"--workdir={w / f's{s}'}", f"--config.seed={s}"],
+               w / "logs" / f"check_s{s}.log") for s in seeds
+              if not (w / f"s{s}" / "check_denoiser" / "denoiser_check.json").exists()], width)
+
+    log("4. tuning on the validation week (seed 0's models)")
+    s0 = w / f"s{seeds[0]}"
+    jobs = []
+    for kind in ENSEMBLES:
+        out = w / "tuning" / kind
+        if (out / "tuning.csv").exists():
+            continue
+        grid = GRIDS[kind]
+        args = [DJ, "tune", *c, f"--workdir={s0}", f"--config.seed={seeds[0]}", f"--perturbation={kind}",
+                f"--scales={grid['scales']}", f"--out={out}", "--every=24", "--max_cycles=4"]
+        if "walks" in grid:
+            args.append(f"--walks={grid['walks']}")
+        jobs.append((args, w / "logs" / f"tune_{kind}.log"))
+    parallel(jobs, width)
+    settings = {kind: chosen(w / "tuning" / kind / "tuning.csv") for kind in ENSEMBLES}
+    (w / "chosen_settings.json").write_text(json.dumps(settings, indent=1, default=str) + "\n")
+    for kind, row in settings.items():
+        log(f"  {kind}: {' '.join(setting_overrides(row))} (validation spread/skill {row['mean_ssr']:.2f}, "
+            f"CRPS / deterministic MAE {row['crps_over_deterministic_mae']:.3f})")
+
+    log(f"5. test forecasts every {every} h and their evaluation")
+    cfg = study_config(w)
+    from def_jax.data.schema import parse_period
+
+    start, end = parse_period(cfg.data.test_period, "test_period")
+    import numpy as np
+
+    lead = np.timedelta64(int(cfg.ensemble.lead_hours), "h")
+    inits, t = [], start
+    while t + lead <= end:
+        inits.append(t)
+        t = t + np.timedelta64(every, "h")
+    init_text = np.datetime_as_string(np.datetime64(inits[0], "h"), unit="h")
+    forecasts, evaluations = [], []
+    for s in seeds:
+        for kind in ENSEMBLES:
+            if kind == "lagged" and s != seeds[0]:
+                continue  # no random draws: the same members for every seed
+            d = w / f"s{s}" / kind
+            args = [DJ, "forecast", *c, f"--workdir={w / f's{s}'}", f"--config.seed={s}",
+                    *setting_overrides(settings[kind]), f"--init={init_text}", f"--cycles={len(inits)}",
+                    f"--every={every}", f"--out={d / 'forecasts'}"]
+            forecasts.append((args, w / "logs" / f"forecast_s{s}_{kind}.log"))
+            if not (d / "evaluation" / "scores.csv").exists():
+                evaluations.append(([DJ, "evaluate", *c, f"--forecasts={d / 'forecasts'}",
+                                     f"--out={d / 'evaluation'}"], w / "logs" / f"evaluate_s{s}_{kind}.log"))
+    parallel(forecasts, width)
+    parallel(evaluations, width)
+
+    log("6. tables and figures")
+    with open(w / "RESULTS_tables.md", "w") as out:
+        code = subprocess.run([sys.executable, str(CONFIG.parent / "summarize.py"), str(w)], stdout=out,
+                              cwd=ROOT).returncode
+    if code:
+        raise SystemExit("summarize.py failed")
+    evals = ",".join(str(w / f"s{seeds[0]}" / kind / "evaluation") for kind in ENSEMBLES)
+    if (w / "plots").exists():
+        shutil.rmtree(w / "plots")
+    run([DJ, "plot", *c, f"--evaluation={evals}", "--variables=refc,t2m,u10,z500",
+         f"--forecasts={w / f's{seeds[0]}' / 'def' / 'forecasts'}", f"--out={w / 'plots'}"], w / "logs" / "plot.log")
+    log(f"done in {(time.time() - t0) / 60:.1f} min: {w / 'RESULTS_tables.md'}, {w / 'plots'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
