@@ -76,8 +76,10 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
     sample = make_sampler(**cfg.sampler.to_dict())
     lam = float(cfg.ensemble.guidance_scale)
     walks = max(int(cfg.ensemble.walks), 1)
-    spec1 = RolloutSpec(walks=1, guidance=guidance_kind(lam))
-    guided_batch = batch * (2 if spec1.guidance == "guided" else 1)
+    conditional = str(cfg.diffusion.conditional)
+    spec1 = RolloutSpec(walks=1, guidance=guidance_kind(lam), conditional=conditional)
+    # the exact conditional branch is not a network call: the guided batch is then B
+    guided_batch = batch * (2 if spec1.guidance == "guided" and conditional == "network" else 1)
     h, w, c = height, width, channels.state
     rng = np.random.default_rng(0)
     x = jax.device_put(jnp.asarray(rng.normal(size=(batch, h, w, c)), jnp.float32), lead)
@@ -120,7 +122,7 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
 
     # the full rollout: L steps × (K walks + G_φ)
     spec = RolloutSpec(walks=walks, history=k, forecaster_history=k, guidance=guidance_kind(lam),
-                       lead_steps=lead_steps)
+                       lead_steps=lead_steps, conditional=conditional)
     def program(fp, dp, states, ids, key, forcings, tfs, statics):
         r = make_rollout(g_fn(fp), eps_net(dp), sample, schedule, spec)
         return r(states, ids, key, jnp.int32(0), forcings, tfs, statics, jnp.float32(lam))
