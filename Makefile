@@ -17,8 +17,10 @@ help:
 demo: $(STAMP)
 	$(BIN)/def-jax demo
 
+# two pytest-xdist workers, one test file at a time each (tests/conftest.py starts the longest files first);
+# `.venv/bin/python -m pytest tests/test_x.py` runs one file in this process
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 $(STAMP): requirements.lock setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "def-jax needs Python >= 3.11 (found " + sys.version.split()[0] + "); run make PYTHON=/path/to/python3.11")'

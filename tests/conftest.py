@@ -64,3 +64,14 @@ def trained_workdir(mini_store, tmp_path_factory):
     quiet = lambda message: None  # noqa: E731
     summaries = {kind: train(kind, cfg, workdir, log=quiet) for kind in ("forecaster", "diffusion")}
     return workdir, summaries
+
+
+# The longest test files first (measured with --durations=0), so that `make test`'s two workers (pytest-xdist, one
+# file per worker at a time) finish together instead of one running the last long file alone.
+_LONGEST_FIRST = ("test_forecast.py", "test_training.py", "test_models.py", "test_samplers.py", "test_prepare.py",
+                  "test_cli.py", "test_rollout.py", "test_perturbations.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -89,7 +89,10 @@ def test_bench_sampler_writes_json(capsys, tmp_path):
 
 
 def test_bench_sampler_with_the_unet_rollout(capsys, tmp_path):
-    """The full benchmark: the config's U-Nets, guided batch, matmul reference, rollout overhead, memory."""
+    """The full benchmark: the config's U-Nets, guided batch, matmul reference, rollout overhead, memory.
+
+    The tiny config is the demo's DEF setting, whose conditional branch is exact: one network call per member, so
+    the guided batch is the batch (4), not twice it."""
     out_file = tmp_path / "bench.json"
     tiny = str(Path(__file__).parent / "tiny_config.py") + ":/nonexistent.zarr"
     code, out, err = run_cli(capsys, "bench", "sampler", f"--config={tiny}", "--grid=16x16", "--batch=4",
@@ -97,7 +100,7 @@ def test_bench_sampler_with_the_unet_rollout(capsys, tmp_path):
                              f"--out={out_file}")
     assert code == 0, err
     r = json.loads(out_file.read_text())
-    assert r["eps"] == "unet" and r["shape"] == [4, 16, 16, 18] and r["guided_batch"] == 8 and r["nfe"] == 2
+    assert r["eps"] == "unet" and r["shape"] == [4, 16, 16, 18] and r["guided_batch"] == 4 and r["nfe"] == 2
     assert r["member_steps_per_s"] > 0 and r["denoiser_gflop_per_sample"] > 0 and r["matmul_gflops_per_s"] > 0
     assert 0 < r["achieved_fraction_of_matmul"] < 2 and r["rollout_s"] > 0 and r["xla_rollout_bytes"] > 0
     assert r["devices"] == 4 and r["batch_sharded"] and "members × steps/s" in out and "overhead" in out

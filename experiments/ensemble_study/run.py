@@ -1,7 +1,7 @@
 """The ensemble study (docs/RESULTS.md): DEF against the simple ensembles of the field and the deterministic run, on a
 convective mini-HRRR, over several training seeds of ε_θ, with bootstrap intervals over forecast cycles.
 
-    .venv/bin/python experiments/ensemble_study/run.py [WORKDIR]   (default runs/ensemble_study; about 2 h on 2 cores)
+    .venv/bin/python experiments/ensemble_study/run.py [WORKDIR]   (default runs/ensemble_study; about 2.5 h on 2 cores)
 
 Every stage is a def-jax command and resumes or reuses what is finished, so the script can be rerun after an
 interruption. Stages, with WORKDIR = W:
@@ -10,17 +10,17 @@ interruption. Stages, with WORKDIR = W:
 2. G_φ, shared by every ensemble: ``train-forecaster`` → ``W/g/forecaster``;
 3. ε_θ for each seed: ``train-diffusion --config.seed=S`` → ``W/sS/diffusion`` (the seeds' G_φ is ``W/g``'s), then
    ``check-denoiser`` → ``W/sS/check_denoiser``;
-4. tuning on the validation week with seed 0's models: ``tune`` for DEF (λ at each K) and for each baseline
-   (its amplitude, or the lag), by spread/skill → ``W/tuning/<ensemble>/tuning.csv``; the chosen settings apply to
-   every seed;
-5. test forecasts of every ensemble at its chosen setting for every seed (the seed changes ε_θ and every ensemble's
-   random draws), from ``CYCLES`` initial times ``EVERY`` hours apart → ``W/sS/<ensemble>/forecasts``, and
-   ``evaluate`` → ``W/sS/<ensemble>/evaluation``;
+4. tuning on the validation week with seed 0's models, beside the training of the seeds beyond the first JOBS:
+   ``tune`` for DEF (λ at K = 1) and for each baseline (its amplitude, or the lag), by CRPS (config.py) →
+   ``W/tuning/<ensemble>/tuning.csv``; the chosen settings apply to every seed;
+5. test forecasts at the chosen settings, from initial times ``EVERY`` hours apart over the test period: DEF for
+   every seed (the seed changes ε_θ and the walks' draws), the baselines, which do not use ε_θ, for the first seed →
+   ``W/sS/<ensemble>/forecasts``, and ``evaluate`` → ``W/sS/<ensemble>/evaluation``;
 6. ``summarize.py W`` → ``W/RESULTS_tables.md`` (the tables of docs/RESULTS.md) and ``plot`` of all ensembles.
 
 Independent jobs (the seeds' training, the forecasts and evaluations) run two at a time, each pinned to one core.
-Environment: SEEDS (default "0 1 2"), EVERY (hours between test cycles, 18: every hour of the day is an initial time
-in turn), JOBS (parallel jobs, 2).
+Environment: SEEDS (default "0 1 2"), EVERY (hours between test cycles, 30: 11 cycles whose initial times go round
+00, 06, 12 and 18 UTC), JOBS (parallel jobs, 2).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ DJ = str(ROOT / ".venv" / "bin" / "def-jax")
 CONFIG = ROOT / "experiments" / "ensemble_study" / "config.py"
 ENSEMBLES = ("def", "gaussian", "correlated", "bred", "lagged")
 GRIDS = {  # the validation grids of step 4
-    "def": {"scales": "0.2,0.35,0.5,0.7", "walks": "1"},  # K = 1: each walk costs S network calls per member
+    "def": {"scales": "0.05,0.1,0.2,0.35,0.5,0.7", "walks": "1"},  # K = 1: each walk costs S network calls per member
     "gaussian": {"scales": "0.25,0.5,1,2"},
     "correlated": {"scales": "0.25,0.5,1,2"},
     "bred": {"scales": "0.5,1,2,4"},
@@ -103,13 +103,13 @@ def study_config(w: Path):
     return module.get_config(str(w))
 
 
-def chosen(table: Path) -> dict:
-    """The chosen row of a tuning table (by spread/skill, as ``tune`` picks it)."""
+def chosen(table: Path, criterion: str) -> dict:
+    """The chosen row of a tuning table by ``criterion`` (the config's ``tuning.criterion``, as ``tune`` picks it)."""
     import pandas as pd
 
     from def_jax.tuning import pick_best
 
-    return pick_best(pd.read_csv(table).to_dict("records"))
+    return pick_best(pd.read_csv(table).to_dict("records"), criterion)
 
 
 def setting_overrides(row: dict) -> list[str]:
@@ -121,7 +121,7 @@ def setting_overrides(row: dict) -> list[str]:
 def main() -> int:
     w = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/ensemble_study").absolute()
     seeds = [int(s) for s in os.environ.get("SEEDS", "0 1 2").split()]
-    every = int(os.environ.get("EVERY", "18"))
+    every = int(os.environ.get("EVERY", "30"))
     width = int(os.environ.get("JOBS", "2"))
     w.mkdir(parents=True, exist_ok=True)
     c = [f"--config={CONFIG}:{w}"]
@@ -144,23 +144,18 @@ def main() -> int:
     log("2. G_φ")
     run([DJ, "train-forecaster", *c, f"--workdir={w / 'g'}"], w / "logs" / "forecaster.log")
 
-    log(f"3. ε_θ for seeds {seeds}")
-    jobs = []
-    for s in seeds:
+    log(f"3. ε_θ for seeds {seeds}, and 4. tuning on the validation week (seed 0's models)")
+
+    def training(s: int) -> tuple[list[str], Path]:
         sw = w / f"s{s}"
         sw.mkdir(exist_ok=True)
         if not (sw / "forecaster").exists():
             (sw / "forecaster").symlink_to(w / "g" / "forecaster")
-        jobs.append(([DJ, "train-diffusion", *c, f"--workdir={sw}", f"--config.seed={s}"],
-                     w / "logs" / f"diffusion_s{s}.log"))
-    parallel(jobs, width)
-    parallel([([DJ, "check-denoiser", *c, f"--workdir={w / f's{s}'}", f"--config.seed={s}"],
-               w / "logs" / f"check_s{s}.log") for s in seeds
-              if not (w / f"s{s}" / "check_denoiser" / "denoiser_check.json").exists()], width)
+        return ([DJ, "train-diffusion", *c, f"--workdir={sw}", f"--config.seed={s}"],
+                w / "logs" / f"diffusion_s{s}.log")
 
-    log("4. tuning on the validation week (seed 0's models)")
     s0 = w / f"s{seeds[0]}"
-    jobs = []
+    tuning = []
     for kind in ENSEMBLES:
         out = w / "tuning" / kind
         if (out / "tuning.csv").exists():
@@ -170,9 +165,15 @@ def main() -> int:
                 f"--scales={grid['scales']}", f"--out={out}", "--every=24", "--max_cycles=4"]
         if "walks" in grid:
             args.append(f"--walks={grid['walks']}")
-        jobs.append((args, w / "logs" / f"tune_{kind}.log"))
-    parallel(jobs, width)
-    settings = {kind: chosen(w / "tuning" / kind / "tuning.csv") for kind in ENSEMBLES}
+        tuning.append((args, w / "logs" / f"tune_{kind}.log"))
+    checks = [([DJ, "check-denoiser", *c, f"--workdir={w / f's{s}'}", f"--config.seed={s}"],
+               w / "logs" / f"check_s{s}.log") for s in seeds
+              if not (w / f"s{s}" / "check_denoiser" / "denoiser_check.json").exists()]
+    # the first `width` seeds train side by side; the remaining seeds train while the others tune on seed 0's models
+    parallel([training(s) for s in seeds[:width]], width)
+    parallel([training(s) for s in seeds[width:]] + tuning + checks, width)
+    criterion = str(study_config(w).tuning.criterion)
+    settings = {kind: chosen(w / "tuning" / kind / "tuning.csv", criterion) for kind in ENSEMBLES}
     (w / "chosen_settings.json").write_text(json.dumps(settings, indent=1, default=str) + "\n")
     for kind, row in settings.items():
         log(f"  {kind}: {' '.join(setting_overrides(row))} (validation spread/skill {row['mean_ssr']:.2f}, "
@@ -194,8 +195,8 @@ def main() -> int:
     forecasts, evaluations = [], []
     for s in seeds:
         for kind in ENSEMBLES:
-            if kind == "lagged" and s != seeds[0]:
-                continue  # no random draws: the same members for every seed
+            if kind != "def" and s != seeds[0]:
+                continue  # the baselines do not use ε_θ: the seeds' other models are the same G_φ
             d = w / f"s{s}" / kind
             args = [DJ, "forecast", *c, f"--workdir={w / f's{s}'}", f"--config.seed={s}",
                     *setting_overrides(settings[kind]), f"--init={init_text}", f"--cycles={len(inits)}",

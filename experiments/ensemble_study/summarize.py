@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +61,14 @@ class Study:
         self.point = np.ones((1, n))
         self.weights = bootstrap.resample_counts(n, R, seed=0)
         self.members = {k: v[0].members.get(k) for k, v in self.stats.items()}
+        self.pooled: dict[str, tuple[dict, dict]] = {}
 
     def scores(self, kind: str, slots: list, keys: list) -> dict:
-        """key → (point value, resampled values [R]) of the score keys ``keys`` of the slots ``slots``."""
-        point = bootstrap.pool(self.stats[kind], self.point, slots=slots)
-        res = bootstrap.pool(self.stats[kind], self.weights, slots=slots)
+        """key → (point value, resampled values [R]) of the score keys ``keys`` (of the slots ``slots``)."""
+        if kind not in self.pooled:  # every score of every slot once: pooling a few slots costs almost as much
+            self.pooled[kind] = (bootstrap.pool(self.stats[kind], self.point),
+                                 bootstrap.pool(self.stats[kind], self.weights))
+        point, res = self.pooled[kind]
         return {k: (float(point[k][0]), res[k]) for k in keys if k in point}
 
 
@@ -125,7 +129,9 @@ def spread_error_table(study: Study, kind: str, var: str, level) -> list[str]:
         with np.errstate(invalid="ignore", divide="ignore"):
             rows.append((p[0], np.sqrt((m + 1) / m * p[2] / p[1]), np.sqrt(p[3] / p[1])))
     count = sum(r[0] for r in rows)
-    spread, rmse = np.nanmean([r[1] for r in rows], axis=0), np.nanmean([r[2] for r in rows], axis=0)
+    with warnings.catch_warnings():  # bins empty for every seed stay NaN (and are not listed)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        spread, rmse = np.nanmean([r[1] for r in rows], axis=0), np.nanmean([r[2] for r in rows], axis=0)
     lines = ["| predicted spread | RMSE of the ensemble mean | points |", "| ---: | ---: | ---: |"]
     for i in np.flatnonzero(count >= 100):
         lines.append(f"| {fmt(spread[i])} | {fmt(rmse[i])} | {int(count[i])} |")
