@@ -63,8 +63,8 @@ class Study:
         self.members = {k: v[0].members.get(k) for k, v in self.stats.items()}
         self.pooled: dict[str, tuple[dict, dict]] = {}
 
-    def scores(self, kind: str, slots: list, keys: list) -> dict:
-        """key → (point value, resampled values [R]) of the score keys ``keys`` (of the slots ``slots``)."""
+    def scores(self, kind: str, keys: list) -> dict:
+        """key → (point value, resampled values [R]) of the score keys ``keys`` that ``kind`` has."""
         if kind not in self.pooled:  # every score of every slot once: pooling a few slots costs almost as much
             self.pooled[kind] = (bootstrap.pool(self.stats[kind], self.point),
                                  bootstrap.pool(self.stats[kind], self.weights))
@@ -79,7 +79,7 @@ def channel_means(study: Study, kind: str, lead: int) -> dict:
     for score, agg in (("crps_over_deterministic_mae", "mean"), ("rmse_over_deterministic_rmse", "mean"),
                        ("ssr", "gmean")):
         keys = [(kind, v, lv, ld, score, None, None) for v, lv, ld in slots]
-        got = study.scores(kind, slots, keys)
+        got = study.scores(kind, keys)
         if not got:
             continue
         point = np.array([p for p, _ in got.values()])
@@ -104,7 +104,8 @@ def reliability_table(study: Study, kind: str) -> list[str]:
     b = binned(study, kind, "reliability", "refc", None, THRESHOLD)
     count = sum(p[0] for p in b["point"])
     fcst = sum(p[1] for p in b["point"]) / np.maximum(count, 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # resamples without a point in a bin stay NaN
         obs = np.mean([p[2] / p[0] for p in b["point"]], axis=0)
         obs_r = np.nanmean([r[:, 2] / r[:, 0] for r in b["res"]], axis=0)  # [R, bins]
     lines = [f"| bin | forecast probability | observed frequency [90 %] | points | within ±0.1 |",
@@ -183,7 +184,7 @@ def main() -> int:
             for kind in kinds:
                 keys = [(kind, var, level, lead, "crps_over_deterministic_mae", None, None),
                         (kind, var, level, lead, "ssr", None, None)]
-                got = study.scores(kind, [(var, level, lead)], keys)
+                got = study.scores(kind, keys)
                 for i, k in enumerate(keys):
                     cells[i].append(fmt(got[k][0], *interval(got[k][1])) if k in got else "–")
             out.append(f"| {lead} | " + " | ".join(cells[0] + cells[1]) + " |")
@@ -202,7 +203,7 @@ def main() -> int:
                     ("deterministic", "refc", None, lead, "bss", THRESHOLD, None),
                     (kind, "refc", None, lead, "observed_frequency", THRESHOLD, None)]
             keys += [(kind, "refc", None, lead, "fss", THRESHOLD, win) for win in (1, 3, 9)]
-            got = study.scores(kind, [("refc", None, lead)], keys)
+            got = study.scores(kind, keys)
             k0 = keys[0]
             bss.append(fmt(got[k0][0], *interval(got[k0][1]), digits=2) if k0 in got else "–")
             fss.append("/".join(f"{got[k][0]:.2f}" if k in got and np.isfinite(got[k][0]) else "–"
