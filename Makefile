@@ -17,10 +17,11 @@ help:
 demo: $(STAMP)
 	$(BIN)/def-jax demo
 
-# two pytest-xdist workers, one test file at a time each (tests/conftest.py starts the longest files first);
+# two pytest-xdist workers, one test file at a time each, in the order of tests/conftest.py (the longest files first;
+# without --no-loadscope-reorder xdist would sort the files by their number of tests instead);
 # `.venv/bin/python -m pytest tests/test_x.py` runs one file in this process
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 $(STAMP): requirements.lock setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "def-jax needs Python >= 3.11 (found " + sys.version.split()[0] + "); run make PYTHON=/path/to/python3.11")'

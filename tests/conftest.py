@@ -1,6 +1,9 @@
 """Test set-up: 4 virtual CPU devices, set before JAX initializes (ENVIRONMENT.md)."""
 
+import fcntl
+import json
 import os
+import shutil
 import tempfile
 
 os.environ["JAX_PLATFORMS"] = "cpu"
@@ -30,6 +33,27 @@ def _no_persistent_compilation_cache(monkeypatch):
     monkeypatch.setenv("DEF_JAX_CACHE_DIR", "")
 
 
+def built_once(tmp_path_factory, name: str, build):
+    """A session fixture's folder, built once per test run: ``build(folder)`` → a JSON-able result.
+
+    Under pytest-xdist every worker runs session fixtures itself; the workers share the run's base temporary folder,
+    so the first to ask builds the folder there under a file lock while the others wait, then all reuse it (the
+    pattern of xdist's documentation). The fixtures built this way are only read by the tests. A build that failed
+    half-way is started again from an empty folder.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder, done = root / name, root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            done.write_text(json.dumps(build(folder)))
+        return folder, json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def mini_store(tmp_path_factory):
     """A small prepared mini-HRRR store (synth → prepare → stats): 60 h of 32×32 points, hrrr_expanded on 2 levels.
@@ -41,14 +65,17 @@ def mini_store(tmp_path_factory):
     from data_prep.synth import synth
     from def_jax.catalogue import load_catalogue
 
-    root = tmp_path_factory.mktemp("mini_store")
-    catalogue = load_catalogue("hrrr_expanded", (500.0, 850.0))
-    quiet = lambda message: None  # noqa: E731
-    synth(root / "grib", "2024-06-01T00", 60, catalogue, ny=32, nx=32, seed=3, progress=False, log=quiet)
-    store = root / "store.zarr"
-    prepare(PrepareOptions([str(root / "grib")], store, catalogue, workers=2, progress=False), log=quiet)
-    compute_stats(store, TINY_PERIODS["train"], progress=False, log=quiet)
-    return store
+    def build(root):
+        catalogue = load_catalogue("hrrr_expanded", (500.0, 850.0))
+        quiet = lambda message: None  # noqa: E731
+        synth(root / "grib", "2024-06-01T00", 60, catalogue, ny=32, nx=32, seed=3, progress=False, log=quiet)
+        prepare(PrepareOptions([str(root / "grib")], root / "store.zarr", catalogue, workers=2, progress=False),
+                log=quiet)
+        compute_stats(root / "store.zarr", TINY_PERIODS["train"], progress=False, log=quiet)
+        return None
+
+    root, _ = built_once(tmp_path_factory, "mini_store", build)
+    return root / "store.zarr"
 
 
 @pytest.fixture(scope="session")
@@ -59,17 +86,20 @@ def trained_workdir(mini_store, tmp_path_factory):
 
     from def_jax.training.loop import train
 
-    workdir = tmp_path_factory.mktemp("trained")
-    cfg = learning_config(mini_store)
-    quiet = lambda message: None  # noqa: E731
-    summaries = {kind: train(kind, cfg, workdir, log=quiet) for kind in ("forecaster", "diffusion")}
-    return workdir, summaries
+    def build(workdir):
+        cfg = learning_config(mini_store)
+        quiet = lambda message: None  # noqa: E731
+        return {kind: train(kind, cfg, workdir, log=quiet) for kind in ("forecaster", "diffusion")}
+
+    return built_once(tmp_path_factory, "trained", build)
 
 
-# The longest test files first (measured with --durations=0), so that `make test`'s two workers (pytest-xdist, one
-# file per worker at a time) finish together instead of one running the last long file alone.
-_LONGEST_FIRST = ("test_forecast.py", "test_training.py", "test_models.py", "test_samplers.py", "test_prepare.py",
-                  "test_cli.py", "test_rollout.py", "test_perturbations.py")
+# The order in which `make test`'s two pytest-xdist workers (--dist loadfile --no-loadscope-reorder) take the test
+# files: the longest first (measured with --durations=0), so that they finish together instead of one running the last
+# long file alone; worker A starts with test_forecast.py, which builds the trained models, and worker B with files
+# that do not need them, so that B does not wait on A's build of `trained_workdir` (`built_once`).
+_LONGEST_FIRST = ("test_forecast.py", "test_samplers.py", "test_training.py", "test_models.py", "test_cli.py",
+                  "test_prepare.py", "test_rollout.py", "test_perturbations.py")
 
 
 def pytest_collection_modifyitems(items):

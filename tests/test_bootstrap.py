@@ -129,6 +129,25 @@ def test_unit_weights_reproduce_the_pooled_tables_and_one_cycle_repeated_gives_t
         assert (i == 4) == np.isnan(repeated[("deterministic", "t", 500.0, 1, "rmse", None, None)][0])
 
 
+def test_slots_pool_only_those_slots(monkeypatch):
+    """``pool(slots=...)`` gives exactly the whole pool's values of those slots and computes no other slot."""
+    rng = np.random.default_rng(5)
+    stats = filled_accumulator(rng, leads=(1, 2, 3, 4)).cycle_statistics()
+    weights = bootstrap.resample_counts(len(INITS), 20, seed=0)
+    whole = bootstrap.pool(stats, weights)
+    wanted = [("t", 500.0, 1), ("t", 500.0, 3), ("refc", None, 4)]  # not consecutive in the statistics' slot order
+    computed = []
+    original = bootstrap._pool_quantities
+    monkeypatch.setattr(bootstrap, "_pool_quantities",
+                        lambda st, w, lo, hi: computed.extend(st.slots[lo:hi + 1]) or original(st, w, lo, hi))
+    part = bootstrap.pool(stats, weights, slots=wanted)
+    assert sorted(computed, key=str) == sorted(wanted, key=str)
+    assert set(part) == {k for k in whole if (k[1], k[2], k[3]) in wanted} and part
+    for key, values in part.items():
+        np.testing.assert_allclose(values, whole[key], rtol=1e-12)  # the same sums, in other block shapes
+    assert list(bootstrap._runs([1, 2, 3, 7, 8, 10])) == [(1, 3), (7, 8), (10, 10)]
+
+
 def test_ratio_interval_against_the_exact_bootstrap_in_float64():
     """4 cycles, every one of the 4⁴ ordered draws once: the interval of CRPS(def) / MAE(deterministic) from the
     resampled ratio of means, by hand."""

@@ -32,6 +32,7 @@ level, lead, score, threshold, window)`` as in scores.csv (level, threshold, win
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -320,6 +321,13 @@ def _average(results: list[tuple[list, np.ndarray]]) -> tuple[list, np.ndarray]:
     return list(union), total / count.reshape((-1,) + (1,) * (total.ndim - 1))
 
 
+def _runs(ids: list[int]) -> Iterator[tuple[int, int]]:
+    """(first, last) of each run of consecutive integers in the sorted ``ids``: [1, 2, 3, 7, 8] → (1, 3), (7, 8)."""
+    for _, run in itertools.groupby(enumerate(ids), key=lambda pair: pair[1] - pair[0]):
+        run = [i for _, i in run]
+        yield run[0], run[-1]
+
+
 def _chunks(stats: list[CycleStatistics], weights, chunk: int, compute,
             slots=None) -> Iterator[tuple[list, np.ndarray]]:
     """Blocks (keys, values [k, ..., R]) of ``compute(stats_e, weights, lo, hi)`` → [(keys, values)] over chunks of
@@ -336,11 +344,9 @@ def _chunks(stats: list[CycleStatistics], weights, chunk: int, compute,
         part = every[start:start + chunk]
         results = []
         for st, index in zip(stats, local):
-            ids = [index[s] for s in part if s in index]
-            blocks = compute(st, weights, min(ids), max(ids)) if ids else []
-            if wanted is not None:
-                blocks = [([keys[i] for i in sel], values[sel]) for keys, values in blocks
-                          for sel in [[i for i, k in enumerate(keys) if (k[1], k[2], k[3]) in wanted]]]
+            ids = sorted(index[s] for s in part if s in index)
+            # each run of consecutive slot indices at once: with ``slots`` the slots between them are not computed
+            blocks = [b for lo, hi in _runs(ids) for b in compute(st, weights, lo, hi)]
             blocks = [(keys, values) for keys, values in blocks if keys]
             if blocks:
                 results.append(blocks)

@@ -11,7 +11,11 @@ units (ε has unit variance: an ε-loss of 1 is that of predicting 0; states hav
    deviation, and radially averaged power spectra (their ratio by wavenumber, averaged in log over channels);
 3. one guided walk from each validation state for a grid of λ: the shift of the members' mean from the state (a bias
    more members do not remove), the members' spread, RMS(member − state), and the spectrum of the perturbation
-   (member − state) beside G_φ's one-step error (the size and shape a useful perturbation would have).
+   (member − state) beside G_φ's one-step error (the size and shape a useful perturbation would have);
+4. what G_φ does with one walk's perturbation: the walked members and the unperturbed state are run forward by G_φ
+   (no further walks) over the ensemble's lead time, and the members' spread after n steps is set beside G_φ's own
+   error after n steps (the unperturbed run against the analyses). A spread that shrinks under G_φ while its error
+   grows is why an ensemble of perturbed G_φ runs falls behind its error: spread/skill < 1 at long leads.
 
 Writes ``OUT/denoiser_check.md`` (the tables), ``denoiser_check.json`` (every number) and ``denoiser_spectra.png``.
 """
@@ -35,6 +39,7 @@ from def_jax.errors import UserError
 from def_jax.evaluation import metrics
 
 TAUS = (1, 10, 50, 100, 250, 500, 750, 900, 1000)  # for T = 1000; scaled with T
+GROWTH_SHOWN = (0, 1, 2, 3, 6, 12, 24, 48)  # steps shown in the G_φ table (and the last one)
 SHOWN = ("t2m", "u10", "refc", "cape", "z500", "t850", "q850")  # channels of the per-channel tables, when present
 
 
@@ -137,7 +142,7 @@ def check_denoiser(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[f
         errors.append(np.asarray(g_step(s_in, f, tf, statics[None]))[0])
     g_error = np.stack(errors) - nxt  # [N, H, W, C]
     _, _, g_power = channel_spectra(g_error, dx_km)
-    walk_rows, samples, perturbation_power = [], None, {}
+    walk_rows, samples, perturbation_power, walked = [], None, {}, {}
     for lam in [0.0] + [float(s) for s in scales]:
         outs = []
         for n in range(x.shape[0]):
@@ -148,6 +153,7 @@ def check_denoiser(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[f
         if lam == 0.0:
             samples = out.reshape((-1,) + x.shape[1:])
             continue
+        walked[lam] = out
         pert = (out - x[:, None]).reshape((-1,) + x.shape[1:])  # [N·M, H, W, C]
         _, _, power = channel_spectra(pert, dx_km)
         perturbation_power[lam] = power
@@ -168,12 +174,16 @@ def check_denoiser(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[f
                "std_ratio_geometric_mean": float(np.exp(np.mean(np.log(np.maximum(std_ratio, 1e-12))))),
                "std_ratio_min": float(std_ratio.min()), "std_ratio_max": float(std_ratio.max()),
                "g_phi_one_step_rms_error": float(np.sqrt(np.mean(np.square(g_error))))}
+    # 4. G_φ run forward from the walked members ----------------------------------------------------------------
+    steps = max(1, int(round(float(cfg.ensemble.lead_hours) / inputs.dt_hours)))
+    growth = _growth_under_forecaster(g_step, inputs, inits, k, steps, walked, statics)
+    log(f"check-denoiser: G_φ run {steps} steps from each walk's members")
     result = {"states": [str(np.datetime_as_string(t, unit="h")) for t in inits], "members": members,
               "conditional": cfg.diffusion.conditional, "sampler": cfg.sampler.to_dict(),
               "eps_loss": loss_rows, "samples": {"summary": summary, "per_channel": per_channel,
                                                   "wavenumber": kw.tolist(), "wavelength_km": wavelength.tolist(),
                                                   "power_ratio_to_data": spectrum_ratio.tolist()},
-              "walks": walk_rows}
+              "walks": walk_rows, "growth": growth}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "denoiser_check.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -183,6 +193,45 @@ def check_denoiser(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[f
     log(text)
     log(f"check-denoiser: wrote {out_dir / 'denoiser_check.md'}, denoiser_check.json, denoiser_spectra.png")
     return result
+
+
+def _growth_under_forecaster(g_step: Callable, inputs: Any, inits: list, k: int, steps: int,
+                             walked: dict[float, np.ndarray], statics: jax.Array) -> dict:
+    """Item 4 of the module docstring: G_φ run ``steps`` steps from each λ's walked members and from the state.
+
+    ``walked[λ]`` [N, M, H, W, C] are the members of one walk from each of the N states at ``inits``; the walked state
+    replaces the newest of G_φ's k input states, as in the rollout. Returns the members' spread
+    sqrt(mean over states and grid of the members' variance) after n = 0..steps steps per λ, and G_φ's RMS error
+    (the unperturbed run against the analyses) after n = 1..steps.
+    """
+    lams = sorted(walked)
+    spread = {lam: np.zeros(steps + 1) for lam in lams}
+    error = np.zeros(steps + 1)
+    for i, t in enumerate(inits):
+        window = inputs.states(t, 1 - k, k)  # [k, H, W, C]
+        truth = inputs.states(t, 1, steps)  # [steps, H, W, C]
+        members = [walked[lam][i] for lam in lams]  # each [M, H, W, C]
+        m = members[0].shape[0]
+        s = np.broadcast_to(window[None], (m * len(lams) + 1,) + window.shape).copy()  # [B, k, H, W, C]
+        s[:-1, -1] = np.concatenate(members)  # the unperturbed state is the last row
+        s = jnp.asarray(s)
+        b = s.shape[0]
+        for n in range(steps + 1):
+            if n:
+                forcings = inputs.forcings(t, n - k, k)  # [k, H, W, C_f] at the input times of step n
+                features = inputs.time_features(t, n - k, k + 1)  # [k + 1, F]
+                f = jnp.broadcast_to(jnp.asarray(forcings)[None], (b,) + forcings.shape)
+                tf = jnp.broadcast_to(jnp.asarray(features)[None], (b,) + features.shape)
+                nxt = g_step(s, f, tf, jnp.broadcast_to(statics[None], (b,) + statics.shape))  # [B, H, W, C]
+                s = jnp.concatenate([s[:, 1:], nxt[:, None]], axis=1)
+                error[n] += float(jnp.mean(jnp.square(nxt[-1] - truth[n - 1])))
+            newest = np.asarray(s[:, -1])  # [B, H, W, C]
+            for j, lam in enumerate(lams):
+                spread[lam][n] += float(newest[j * m:(j + 1) * m].var(axis=0, ddof=1).mean())
+    n_states = len(inits)
+    return {"steps": list(range(steps + 1)),
+            "g_phi_rms_error": [None] + np.sqrt(error[1:] / n_states).tolist(),
+            "spread": [{"guidance_scale": lam, "spread": np.sqrt(spread[lam] / n_states).tolist()} for lam in lams]}
 
 
 def format_report(r: dict) -> str:
@@ -224,6 +273,19 @@ def format_report(r: dict) -> str:
     for row in r["walks"]:
         lines.append(f"| {row['guidance_scale']:g} | " + " | ".join(
             f"{v:.3g}" for v in row["perturbation_over_g_phi_error_power"]) + " |")
+    g = r["growth"]
+    shown = [n for n in g["steps"] if n in GROWTH_SHOWN or n == g["steps"][-1]]
+    lines += ["", "## G_φ run forward from one walk (no further walks)", "",
+              "The members' spread after n G_φ steps, beside G_φ's own RMS error after n steps (the unperturbed run "
+              "against the analyses). Spread that shrinks while the error grows cannot keep an ensemble of perturbed "
+              "G_φ runs calibrated.", "",
+              "| n (steps) | " + " | ".join(str(n) for n in shown) + " |",
+              "| --- | " + " | ".join("---:" for _ in shown) + " |",
+              "| G_φ RMS error | " + " | ".join("–" if n == 0 else f"{g['g_phi_rms_error'][n]:.3g}" for n in shown)
+              + " |"]
+    for row in sorted(g["spread"], key=lambda q: -q["guidance_scale"]):
+        lines.append(f"| spread, λ = {row['guidance_scale']:g} | " + " | ".join(
+            f"{row['spread'][n]:.3g}" for n in shown) + " |")
     return "\n".join(lines) + "\n"
 
 

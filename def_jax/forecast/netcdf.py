@@ -2,7 +2,7 @@
 
 The writer creates every variable up front, takes members in (member chunk × lead chunk) slabs as the rollout
 produces them, then computes the ensemble mean, standard deviation and exceedance probabilities one lead time at a
-time from what it wrote (memory O(B·H·W·C)). The file is built under ``NAME.partial`` and renamed when complete, so
+time from what it wrote (memory O(B·H·W·C); HDF5 caches one chunk per variable). The file is built under ``NAME.partial`` and renamed when complete, so
 a killed run never leaves a file that looks finished.
 """
 
@@ -120,6 +120,10 @@ class ForecastWriter:
             v = ds.createVariable(name, "f4", dims, zlib=True, complevel=complevel, shuffle=True, chunksizes=chunk,
                                   fill_value=np.float32(np.nan))
             v.units, v.long_name, v.grid_mapping, v.coordinates = units, long_name, "crs", "latitude longitude"
+            # every write and read covers whole chunks (one field each): a cache of one chunk is all HDF5 needs, where
+            # netCDF's default (64 MiB per variable) would hold up to 64 MiB of each of the file's variables in
+            # memory until the file is closed, 4 GiB and more for a full-domain HRRR forecast
+            v.set_var_chunk_cache(size=4 * h * w, nelems=1, preemption=1.0)
             return v
 
         for var, dim, _, _ in self.layout.entries:
