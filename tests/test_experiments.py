@@ -21,13 +21,80 @@ def test_scripts_print_usage():
     for script in ("experiments/slurm/launch_multihost.sh", "experiments/slurm/train.sbatch"):
         out = subprocess.run(["bash", str(ROOT / script)], capture_output=True, text=True)
         assert out.returncode == 2 and "usage:" in out.stderr
+    out = subprocess.run(["bash", str(ROOT / "experiments/slurm/launch_multihost.sh"), "127.0.0.1:1", "2", "0",
+                          "evaluate"], capture_output=True, text=True)
+    assert out.returncode == 2 and "evaluate does not run multi-host" in out.stderr
+
+
+def slurm_env(nodes: int, tasks_per_node: int, gpus_per_node: int, proc: int, **extra) -> dict:
+    """The variables a SLURM step (``srun``) sets for task ``proc`` of ``nodes`` × ``tasks_per_node`` tasks on nodes
+    with ``gpus_per_node`` GPUs allocated (``--gpus-per-node``, gres: CUDA_VISIBLE_DEVICES lists the node's GPUs)."""
+    env = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": f"gpu[01-{nodes:02d}]", "SLURM_JOB_NODELIST":
+           f"gpu[01-{nodes:02d}]", "SLURM_NTASKS": str(nodes * tasks_per_node), "SLURM_PROCID": str(proc),
+           "SLURM_LOCALID": str(proc % tasks_per_node), "SLURM_NODEID": str(proc // tasks_per_node),
+           "SLURM_STEP_NUM_NODES": str(nodes), "SLURM_STEP_TASKS_PER_NODE": f"{tasks_per_node}(x{nodes})",
+           "SLURM_TASKS_PER_NODE": f"{tasks_per_node}(x{nodes})", "SLURM_GPUS_ON_NODE": str(gpus_per_node),
+           "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in range(gpus_per_node))}
+    return env | extra
+
+
+def test_slurm_two_nodes_of_four_gpus_one_task_per_node():
+    """train.sbatch's layout: one task per node, each process drives all four GPUs of its node."""
+    launches = [parallel.launch_from_environment(slurm_env(2, 1, 4, p)) for p in range(2)]
+    assert [(x.launcher, x.num_processes, x.process_id, x.local_processes) for x in launches] == [
+        ("SLURM", 2, 0, 1), ("SLURM", 2, 1, 1)]
+    assert all(x.local_device_ids is None for x in launches)
+    assert "all of its devices" in launches[0].layout
+
+
+def test_slurm_two_nodes_of_four_gpus_one_task_per_gpu():
+    launches = [parallel.launch_from_environment(slurm_env(2, 4, 4, p)) for p in range(8)]
+    assert [x.process_id for x in launches] == list(range(8))
+    assert [x.local_device_ids for x in launches] == [(0,), (1,), (2,), (3,)] * 2
+    # tasks bound to one GPU each by the launcher (--gpus-per-task=1): each sees its GPU as device 0
+    bound = parallel.launch_from_environment(slurm_env(2, 4, 4, 6, CUDA_VISIBLE_DEVICES="2"))
+    assert bound.local_device_ids == (0,)
+    # two tasks per node share the four GPUs: two each
+    assert [parallel.launch_from_environment(slurm_env(2, 2, 4, p)).local_device_ids for p in range(4)] == [
+        (0, 1), (2, 3), (0, 1), (2, 3)]
+    with pytest.raises(UserError, match="3 processes on this node but 4 visible GPUs"):
+        parallel.launch_from_environment(slurm_env(2, 3, 4, 1))
+    uneven = slurm_env(2, 2, 4, 2, SLURM_STEP_TASKS_PER_NODE="2,1", SLURM_NODEID="1", SLURM_LOCALID="0",
+                       SLURM_NTASKS="3")
+    assert parallel.launch_from_environment(uneven).local_device_ids is None  # alone on the second node
+    with pytest.raises(UserError, match="SLURM tasks per node 'four'"):
+        parallel.launch_from_environment(slurm_env(2, 4, 4, 0, SLURM_STEP_TASKS_PER_NODE="four"))
+
+
+def test_open_mpi_and_single_process_launches():
+    ompi = {"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.96.0.1:34911", "OMPI_COMM_WORLD_SIZE": "8",
+            "OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_LOCAL_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "1"}
+    launch = parallel.launch_from_environment(ompi)
+    assert (launch.launcher, launch.num_processes, launch.process_id, launch.local_device_ids) == (
+        "Open MPI", 8, 5, (1,))
+    assert parallel.launch_from_environment(ompi | {"OMPI_COMM_WORLD_LOCAL_SIZE": "1"}).local_device_ids is None
+    assert parallel.launch_from_environment(slurm_env(1, 1, 4, 0)) is None  # a one-task SLURM job
+    assert parallel.launch_from_environment({}) is None
+
+
+def test_jax_keeps_every_device_when_given_an_empty_list(monkeypatch):
+    """What initialize_distributed relies on in the pinned jax: under a SLURM launch JAX's detection restricts a
+    process to device [SLURM_LOCALID] unless devices are given, and an empty list is kept (all devices visible)."""
+    from jax._src import clusters
+
+    for var, value in slurm_env(2, 1, 4, 1).items():
+        monkeypatch.setenv(var, value)
+    detect = clusters.ClusterEnv.auto_detect_unset_distributed_params
+    address, n, pid, ids = detect(None, 2, 1, [], None, 300)
+    assert (address.split(":")[0], n, pid, ids) == ("gpu01", 2, 1, [])
+    assert detect(None, None, None, None, None, 300)[3] == [0]  # JAX alone: one GPU of the node
 
 
 def test_single_process_without_launcher(monkeypatch):
-    for var in parallel.CLUSTER_ENV:
+    for var in ("SLURM_NTASKS", "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("SLURM_NTASKS", "1")  # a one-task SLURM job is single-process
-    parallel.initialize_distributed(log=lambda m: pytest.fail(f"initialized: {m}"))
+    assert parallel.initialize_distributed(log=lambda m: pytest.fail(f"initialized: {m}")) is None
 
 
 def test_explicit_settings_are_checked():

@@ -1,5 +1,6 @@
-"""Training: sharded updates equal single-device ones, multi-process equals single-process, exact resume after
-SIGKILL, checkpoints and their checks, divergence handling, and that short runs learn on the mini-HRRR."""
+"""Training: sharded updates equal single-device ones; exact resume after SIGKILL, of one process and of a two-node
+SLURM job (train.sbatch, each process resuming its own shard of the data) equal to one uninterrupted process;
+checkpoints and their checks, divergence handling, and that short runs learn on the mini-HRRR."""
 
 import json
 import os
@@ -147,34 +148,71 @@ def train_losses(run_dir):
     return {s: r["loss"] for s, r in latest_per_step(read_metrics(run_dir)).items()}
 
 
-def test_sigkill_and_resume_equals_an_uninterrupted_run(mini_store, tmp_path):
-    overrides = ["--config.training.forecaster.max_steps=8", "--config.training.forecaster.checkpoint_every=2",
-                 "--config.training.forecaster.eval_batches=0"]
-    # The three runs share a persistent compilation cache (the command line's own): only the first compiles.
-    env = _env(4, cache=tmp_path / "xla_cache")
-    full = subprocess.run(cli(mini_store, tmp_path / "full", "train-forecaster", *overrides), env=env,
-                          capture_output=True, text=True, timeout=300)
+# Eight updates of the tiny G_φ (AdamW) with a checkpoint every 2 and validation at steps 4 and 8: the reference run
+# and the runs that are killed and resumed.
+RESUMABLE = ["--config.training.forecaster.max_steps=8", "--config.training.forecaster.checkpoint_every=2",
+             "--config.training.forecaster.eval_every=4", "--config.training.forecaster.eval_batches=1"]
+
+
+def val_losses(run_dir):
+    return [r["loss"] for r in read_metrics(run_dir) if r["split"] == "val"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(mini_store, tmp_path_factory):
+    """One process on 4 devices, eight updates without interruption: (run dir, compilation cache, its output)."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    full = subprocess.run(cli(mini_store, tmp / "run", "train-forecaster", *RESUMABLE),
+                          env=_env(4, cache=tmp / "xla_cache"), capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr[-2000:]
-    proc = subprocess.Popen(cli(mini_store, tmp_path / "killed", "train-forecaster", *overrides), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpts = tmp_path / "killed" / "forecaster" / "checkpoints"
+    return tmp / "run" / "forecaster", tmp / "xla_cache", full.stdout + full.stderr
+
+
+def kill_after_first_checkpoint(proc: subprocess.Popen, run_dir: Path) -> int:
+    """SIGKILL ``proc``'s whole process group as soon as the run's first checkpoint is complete; the step it had."""
+    ckpts = run_dir / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        done = [int(p.name) for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.exists() else []
-        if done:  # kill as soon as the first checkpoint (step 2) is complete: 6 steps are still to run
+        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
             break
         time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     killed_at = max(int(p.name) for p in ckpts.glob("*") if p.name.isdigit())
     assert 2 <= killed_at < 8, killed_at
-    resumed = subprocess.run(cli(mini_store, tmp_path / "killed", "train-forecaster", *overrides), env=env,
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = train_losses(tmp_path / "full" / "forecaster"), train_losses(tmp_path / "killed" / "forecaster")
+    return killed_at
+
+
+def no_process_left(group: int, seconds: float = 15.0) -> bool:
+    """Whether every live (non-zombie) process of the process group is gone within ``seconds``."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        ps = subprocess.run(["ps", "-g", str(group), "-o", "stat="], capture_output=True, text=True).stdout.split()
+        if all(stat.startswith("Z") for stat in ps):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def assert_same_losses(reference: Path, run_dir: Path, rel: float) -> None:
+    a, b = train_losses(reference), train_losses(run_dir)
     assert sorted(a) == sorted(b) == list(range(1, 9))
     for s in range(1, 9):
-        assert a[s] == pytest.approx(b[s], rel=1e-6, abs=1e-9), (s, a[s], b[s])
+        assert a[s] == pytest.approx(b[s], rel=rel, abs=1e-9), (s, a[s], b[s])
+    assert len(val_losses(reference)) == 2 and val_losses(reference) == pytest.approx(val_losses(run_dir), rel=rel)
+
+
+def test_sigkill_and_resume_equals_an_uninterrupted_run(mini_store, tmp_path, uninterrupted):
+    reference, cache, _ = uninterrupted
+    env = _env(4, cache=cache)  # the reference run's compilation cache: nothing is compiled again
+    command = cli(mini_store, tmp_path / "killed", "train-forecaster", *RESUMABLE)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    kill_after_first_checkpoint(proc, tmp_path / "killed" / "forecaster")
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout + resumed.stderr
+    assert_same_losses(reference, tmp_path / "killed" / "forecaster", rel=1e-6)
 
 
 def free_port():
@@ -183,36 +221,53 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(mini_store, tmp_path):
-    """jax.distributed on localhost (Gloo): 2 processes × 2 devices = the single-process 4-device run."""
-    overrides = ["--config.training.forecaster.max_steps=4", "--config.training.forecaster.optimizer=sgd",
-                 "--config.training.forecaster.learning_rate=0.05", "--config.training.forecaster.lr_schedule=constant",
-                 "--config.training.forecaster.checkpoint_every=4", "--config.training.forecaster.eval_every=4"]
-    single = subprocess.run(cli(mini_store, tmp_path / "one", "train-forecaster", *overrides), env=_env(4),
-                            capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-2000:]
-    port = free_port()
-    procs = [subprocess.Popen(cli(mini_store, tmp_path / "two", "train-forecaster", *overrides,
-                                  f"--config.parallel.coordinator_address=127.0.0.1:{port}",
-                                  "--config.parallel.num_processes=2", f"--config.parallel.process_id={i}"),
-                              env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
-    try:
-        outs = [p.communicate(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (_out, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-    assert "process 0 of 2" in outs[0][0] + outs[0][1]
-    a, b = train_losses(tmp_path / "one" / "forecaster"), train_losses(tmp_path / "two" / "forecaster")
-    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
-    for s in a:
-        assert a[s] == pytest.approx(b[s], rel=1e-5), (s, a[s], b[s])
-    val_a = [r["loss"] for r in read_metrics(tmp_path / "one" / "forecaster") if r["split"] == "val"]
-    val_b = [r["loss"] for r in read_metrics(tmp_path / "two" / "forecaster") if r["split"] == "val"]
-    assert val_a == pytest.approx(val_b, rel=1e-5)
+def sbatch(mini_store, workdir, nodes, cache, *overrides) -> tuple[list[str], dict]:
+    """experiments/slurm/train.sbatch as a SLURM allocation of ``nodes`` one-task nodes would run it, with
+    tests/launchers/srun starting the tasks on this machine (2 virtual CPU devices each)."""
+    root = Path(__file__).resolve().parents[1]
+    env = _env(2, cache=cache) | {
+        "PATH": f"{Path(__file__).parent / 'launchers'}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NUM_NODES": str(nodes), "SLURM_NNODES": str(nodes), "SLURM_NTASKS": str(nodes),
+        "SLURM_TASKS_PER_NODE": f"1(x{nodes})", "SLURM_JOB_NODELIST": "localhost", "SLURM_SUBMIT_DIR": str(root),
+        "JAX_COORDINATOR_PORT": str(free_port())}
+    return ["bash", str(root / "experiments/slurm/train.sbatch"), "forecaster", f"{TINY}:{mini_store}",
+            str(workdir), *overrides], env
+
+
+def test_slurm_job_killed_and_resubmitted_equals_one_process(mini_store, tmp_path, uninterrupted):
+    """train.sbatch on two pretend nodes (tests/launchers/srun: one task each, 2 devices per task), SIGKILLed after
+    its first checkpoint and submitted again: every training and validation loss equals the uninterrupted
+    single-process run on 4 devices, which needs each process to resume its own shard of the data where it was."""
+    reference, _, _ = uninterrupted
+    cache = tmp_path / "xla_cache"
+    command, env = sbatch(mini_store, tmp_path / "job", 2, cache, *RESUMABLE)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    kill_after_first_checkpoint(proc, tmp_path / "job" / "forecaster")
+    assert no_process_left(proc.pid)
+    command, env = sbatch(mini_store, tmp_path / "job", 2, cache, *RESUMABLE)  # resubmitted: a new coordinator port
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-3000:]
+    assert "jax.distributed: SLURM launch, process 0 of 2 (one process per node, driving all of its devices); " \
+           "2 local / 4 global devices" in out and "process 1 of 2" in out and "resuming" in out
+    assert_same_losses(reference, tmp_path / "job" / "forecaster", rel=1e-5)
+    # the checkpoint records each process's position in its own shard
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(tmp_path / "job" / "forecaster" / "checkpoints")
+    data = manager.restore(8, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
+    assert len(data["grain_per_process"]) == 2 and data["grain_per_process"][0] != data["grain_per_process"][1]
+
+
+def test_resuming_with_another_process_count_is_named(tmp_path):
+    from def_jax.training.loop import process_data_state
+
+    saved = {"grain_per_process": ['{"a": 0}', '{"a": 1}']}
+    assert process_data_state(saved, 1, 2, tmp_path) == b'{"a": 1}'
+    assert process_data_state({"grain": '{"a": 0}'}, 0, 1, tmp_path) == b'{"a": 0}'  # a single-process checkpoint
+    with pytest.raises(UserError, match="holds the data positions of 2 process.es.; resuming with 4"):
+        process_data_state(saved, 0, 4, tmp_path)
 
 
 def test_info_reports_parameters_flops_and_memory(capsys, tmp_path):

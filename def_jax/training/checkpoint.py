@@ -8,7 +8,8 @@ Layout of a run directory (``WORKDIR/forecaster`` or ``WORKDIR/diffusion``)::
     metrics.jsonl, events.*                  logs
 
 ``state`` is the :class:`~def_jax.training.state.TrainState` (parameters, optimizer, EMA, base key, step), ``data`` the
-input pipeline's iterator state, ``meta`` the step, validation loss, config and catalogue. Orbax writes each checkpoint
+input pipeline's iterator state of every process (``grain_per_process``: each process reads its own shard, so each has
+its own position; gathered and written by the primary process, as Orbax writes JSON items), ``meta`` the step, validation loss, config and catalogue. Orbax writes each checkpoint
 to a temporary directory and renames it when complete, so a run killed mid-save leaves the previous one intact.
 
 Resuming, or loading a model for another stage, checks that the saved config agrees with the current one on every

@@ -334,6 +334,18 @@ def _validate(run: Run, eval_step, params, frozen, batches: int, area) -> dict[s
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
+def process_data_state(data_state: dict, rank: int, n_proc: int, where: Path) -> bytes:
+    """This process's data-iterator state from a checkpoint's ``data`` item: one per process
+    (``grain_per_process``); a checkpoint of a single-process run may hold it as ``grain`` (before per-process
+    states). Resuming with another number of processes would change every process's shard: a UserError."""
+    states = data_state.get("grain_per_process") or [data_state["grain"]]
+    if len(states) != n_proc:
+        raise UserError(f"{where}: the checkpoint holds the data positions of {len(states)} process(es); resuming "
+                        f"with {n_proc} would change every process's shard of the data. Resume with "
+                        f"{len(states)} process(es), or start a new run directory")
+    return states[rank].encode()
+
+
 def train(kind: str, cfg: Any, workdir: Path, log: Callable[[str], None] = print) -> dict:
     """Train G_φ (``kind="forecaster"``) or ε_θ (``"diffusion"``) in ``workdir/kind``; resume if checkpoints exist.
     Returns a summary (final step, last train loss, best validation loss)."""
@@ -368,7 +380,7 @@ def train(kind: str, cfg: Any, workdir: Path, log: Callable[[str], None] = print
     loader = make_loader(run.train_source, batch_size=int(tcfg.batch_size) // n_proc, seed=cfg.seed, shuffle=True,
                          num_epochs=None, crop_shape=tuple(cfg.data.crop_shape), worker_count=int(cfg.data.workers),
                          shard_index=rank, shard_count=n_proc)
-    it = loader.iterator(data_state["grain"].encode()) if data_state else iter(loader)
+    it = loader.iterator(process_data_state(data_state, rank, n_proc, ckpt.run_dir)) if data_state else iter(loader)
     area = area_weights(run.train_source.store) if kind == "forecaster" and tcfg.area_weights else None
 
     eval_step = jax.jit(run.eval_fn, out_shardings=replicated)
@@ -384,7 +396,9 @@ def train(kind: str, cfg: Any, workdir: Path, log: Callable[[str], None] = print
     def save(step, val_loss=None):
         meta = {"step": step, "kind": kind, "config": cfg_dict, "catalogue": catalogue_json,
                 "val_loss": val_loss, "time": time.time()}
-        ckpt.save(step, state, {"grain": it.get_state().decode()}, meta, val_loss)
+        # every process's position in its own shard of the data (a collective), saved by the primary process
+        positions = [p.decode() for p in parallel.gather_bytes(it.get_state())]
+        ckpt.save(step, state, {"grain_per_process": positions}, meta, val_loss)
 
     best = None
     last = {}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Multi-host training without SLURM (cloud VMs, a few workstations): run this on every host with the same
-# coordinator address and process count and a distinct process id. Any def-jax command works; training is the usual.
+# coordinator address and process count and a distinct process id. Each process drives every GPU its host shows it
+# (one process per host). The commands that run multi-host: train-forecaster, train-diffusion.
 #
 #   host0$ experiments/slurm/launch_multihost.sh 10.0.0.1:12355 2 0 train-forecaster --config=hrrr_production --workdir=/shared/run
 #   host1$ experiments/slurm/launch_multihost.sh 10.0.0.1:12355 2 1 train-forecaster --config=hrrr_production --workdir=/shared/run
@@ -14,6 +15,10 @@ if [[ $# -lt 4 ]]; then
 fi
 coordinator=$1 num=$2 rank=$3
 shift 3
+case "$1" in
+  train-forecaster|train-diffusion) ;;
+  *) echo "$0: $1 does not run multi-host (train-forecaster and train-diffusion do)" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/../.."
 exec .venv/bin/def-jax "$@" --config.parallel.coordinator_address="$coordinator" \
   --config.parallel.num_processes="$num" --config.parallel.process_id="$rank"
