@@ -16,6 +16,7 @@ from def_jax.diffusion.samplers import SAMPLERS, make_sampler
 from def_jax.diffusion.schedules import SCHEDULES
 from def_jax.diffusion.timesteps import SPACINGS
 from def_jax.errors import UserError
+from def_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 
 
 class ConfigError(UserError):
@@ -97,6 +98,8 @@ _CHOICES: dict[str, tuple] = {
     "sampler.spacing": SPACINGS,
     "forecaster.dtype": ("float32", "bfloat16"),
     "denoiser.dtype": ("float32", "bfloat16"),
+    "forecaster.attention": ATTENTION_IMPLEMENTATIONS,
+    "denoiser.attention": ATTENTION_IMPLEMENTATIONS,
     "training.forecaster.lr_schedule": ("cosine", "constant"),
     "training.diffusion.lr_schedule": ("cosine", "constant"),
     "training.forecaster.optimizer": ("adamw", "sgd"),
@@ -129,6 +132,7 @@ def _unet_rules(name: str) -> dict[str, Callable]:
         f"{name}.num_heads": _at_least(1),
         f"{name}.norm_groups": _at_least(1),
         f"{name}.dropout": _within(0.0, 1.0),
+        f"{name}.attention_chunk": _at_least(1),
         f"{name}.channel_mults": lambda v: None if len(v) >= 1 and all(m > 0 for m in v)
         else f"must be a non-empty tuple of positive numbers; got {v}",
     }

@@ -104,6 +104,26 @@ def test_bench_sampler_with_the_unet_rollout(capsys, tmp_path):
     assert r["member_steps_per_s"] > 0 and r["denoiser_gflop_per_sample"] > 0 and r["matmul_gflops_per_s"] > 0
     assert 0 < r["achieved_fraction_of_matmul"] < 2 and r["rollout_s"] > 0 and r["xla_rollout_bytes"] > 0
     assert r["devices"] == 4 and r["batch_sharded"] and "members × steps/s" in out and "overhead" in out
+    assert r["mode"] == "def"
+
+
+def test_bench_sampler_direct_mode_with_remat(capsys, tmp_path):
+    """The direct generative mode (the hrrr_4090 preset's), residual variant, 2 input hours, with rematerialized
+    blocks (which failed under the rollout's vmap): one sample per member and step, G_φ beside it."""
+    out_file = tmp_path / "bench.json"
+    tiny = str(Path(__file__).parent / "tiny_config.py") + ":/nonexistent.zarr"
+    code, out, err = run_cli(capsys, "bench", "sampler", f"--config={tiny}", "--grid=16x16", "--batch=4",
+                             "--repeats=1", "--lead_steps=1", "--config.sampler.steps=2",
+                             "--config.diffusion.mode=direct", "--config.diffusion.direct_history=2",
+                             "--config.diffusion.direct_residual=true", "--config.diffusion.conditional=network",
+                             "--config.diffusion.p_uncond=0.1",
+                             "--config.denoiser.skip_coefficients=learned", "--config.denoiser.null_prior=white",
+                             "--config.denoiser.remat=true",
+                             "--config.forecaster.remat=true", f"--out={out_file}")
+    assert code == 0, err
+    r = json.loads(out_file.read_text())
+    assert r["mode"] == "direct_residual" and r["walks"] == 0 and r["guided_batch"] == 8  # λ = 0.5: 2B per call
+    assert r["rollout_s"] > 0 and r["forecaster_step_ms"] > 0 and "one sample (direct)" in out
 
 
 def test_bench_needs_a_known_target(capsys):

@@ -89,6 +89,15 @@ def test_remat_gives_the_same_values_and_gradients(unet):
     np.testing.assert_allclose(l2, l1, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # O(1–10) gradients: summation order
+    # under vmap inside a scan, as the rollout calls the networks (nnx.remat failed there with a trace error)
+    xs = jnp.stack([x, 2 * x])  # [2, B, H, W, C]
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def scanned(gd, p):
+        net = nnx.merge(gd, p)
+        return jax.lax.scan(lambda c, xi: (c, jax.vmap(lambda a: net(a[None], 7.0)[0])(xi)), 0, xs)[1]
+
+    np.testing.assert_allclose(scanned(graphdef_remat, params), scanned(graphdef, params), rtol=1e-5, atol=1e-6)
 
 
 def test_dropout_is_active_only_when_asked():

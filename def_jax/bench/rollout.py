@@ -5,10 +5,13 @@ Measured in one run, each compiled program timed by its median over ``repeats`` 
 
 * the machine's float32 matmul GFLOP/s (a 2048² × 2048² product), the reference for what the networks achieve;
 * one DEF perturbation for B members (a reverse diffusion of S solver steps with classifier-free guidance, 2B
-  samples per network call when 0 < λ < 1): members × steps/s, NFE/s, achieved GFLOP/s from XLA's FLOP count;
+  samples per network call when 0 < λ < 1): members × steps/s, NFE/s, achieved GFLOP/s from XLA's FLOP count; in
+  the direct mode (DEF_METHOD §6) the same for one sample of the next state, conditioned on the past states,
+  forcings, time features and statics (and G_φ's forecast in the residual variant);
 * one denoiser call on the guided batch alone, and one G_φ step on B members alone;
 * the full rollout program of L forecast steps with K walks (the ``lax.scan`` of :mod:`def_jax.forecast.rollout`),
-  against its cost predicted from the parts: L × (K × S × denoiser call + G_φ step) → the rollout's overhead;
+  against its cost predicted from the parts: L × (K × S × denoiser call + G_φ step) → the rollout's overhead (direct
+  mode: L × (S × denoiser call + the G_φ step of the residual variant));
 * compile seconds of the perturbation and rollout programs; XLA's memory analysis of the rollout program and the
   process's peak resident memory.
 """
@@ -30,7 +33,7 @@ from def_jax.bench.sampler import _flops
 from def_jax.bench.sampler import _median_seconds as _timed
 from def_jax.diffusion.samplers import make_sampler
 from def_jax.diffusion.schedules import make_schedule
-from def_jax.forecast.rollout import RolloutSpec, guidance_kind, make_rollout, member_keys, perturb
+from def_jax.forecast.rollout import RolloutSpec, guidance_kind, make_rollout, member_keys, perturb, sample_members
 
 
 def _median(fn: Callable[[], Any], repeats: int) -> float:
@@ -57,12 +60,12 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
     """See the module docstring. ``batch`` = ensemble members B."""
     from flax import nnx
 
-    from def_jax.models.networks import def_condition
+    from def_jax.models.networks import def_condition, direct_condition
     from def_jax.training.info import config_channels
     from def_jax.training.loop import build_denoiser, build_forecaster, init_params, null_prior
 
-    if cfg.diffusion.mode != "def":
-        raise ValueError("bench sampler --eps=unet measures the DEF rollout (config.diffusion.mode = def)")
+    direct = cfg.diffusion.mode == "direct"
+    residual = direct and bool(cfg.diffusion.direct_residual)
     channels = config_channels(cfg)
     mesh = parallel.make_mesh(cfg.parallel.data_axis, 1)
     n_data = mesh.shape[parallel.DATA]
@@ -70,20 +73,28 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
     lead = parallel.leading_sharding(mesh) if batch % n_data == 0 else rep
     gflops_ref = matmul_gflops()
     log(f"matmul reference: {gflops_ref:.1f} GFLOP/s float32")
+    kf = int(cfg.data.history)  # G_φ's input states
+    k = int(cfg.diffusion.direct_history) if direct else kf  # the states the rollout carries
     d_graph, d_params = init_params(lambda: build_denoiser(cfg, channels, 1, null_prior(cfg, None)), rep)
     f_graph, f_params = init_params(lambda: build_forecaster(cfg, channels, 0), rep)
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_steps)
     sample = make_sampler(**cfg.sampler.to_dict())
     lam = float(cfg.ensemble.guidance_scale)
-    walks = max(int(cfg.ensemble.walks), 1)
-    conditional = str(cfg.diffusion.conditional)
-    spec1 = RolloutSpec(walks=1, guidance=guidance_kind(lam), conditional=conditional)
+    walks = 0 if direct else max(int(cfg.ensemble.walks), 1)
+    conditional = "network" if direct else str(cfg.diffusion.conditional)
+    mode = "direct" if direct else "def"
+    spec1 = RolloutSpec(mode=mode, walks=1, history=k, forecaster_history=kf, residual=residual,
+                        guidance=guidance_kind(lam), conditional=conditional)
     # the exact conditional branch is not a network call: the guided batch is then B
     guided_batch = batch * (2 if spec1.guidance == "guided" and conditional == "network" else 1)
     h, w, c = height, width, channels.state
     rng = np.random.default_rng(0)
     x = jax.device_put(jnp.asarray(rng.normal(size=(batch, h, w, c)), jnp.float32), lead)
     keys = member_keys(jax.random.PRNGKey(0), jnp.arange(batch, dtype=jnp.int32))
+    states = jnp.broadcast_to(x[:, None], (batch, k, h, w, c))
+    forc = jnp.zeros((batch, k, h, w, channels.forcing), jnp.float32)
+    tf = jnp.zeros((batch, k + 1, channels.time), jnp.float32)
+    st = jnp.zeros((batch, h, w, channels.static), jnp.float32)
 
     def eps_net(params):
         net = nnx.merge(d_graph, params)
@@ -93,12 +104,20 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
         net = nnx.merge(f_graph, params)
         return lambda s, f, tf, st: net(s, f, tf, st)
 
-    # one perturbation walk: B reverse diffusions of S steps
-    def perturbation(params, x, keys):
-        return perturb(eps_net(params), sample, schedule, spec1, x, keys, jnp.float32(lam))
+    if direct:  # the condition of one direct step: the past k states, forcings, time features, statics (+ G_φ)
+        forecast = g_fn(f_params)(states[:, k - kf:], forc[:, k - kf:], tf[:, k - kf:], st) if residual else None
+        condition = jax.device_put(direct_condition(states, forc, tf, st, forecast), lead)  # [B, H, W, C_c]
 
-    log(f"compiling one perturbation ({batch} members, {cfg.sampler.name} S={cfg.sampler.steps}, "
-        f"{h}×{w}×{c})...")
+        def perturbation(params, x, keys):  # one sample of the next state
+            return sample_members(eps_net(params), sample, schedule, spec1, condition, keys, jnp.float32(lam),
+                                  x.shape[1:])
+        what = "one sample of the next state (direct mode)"
+    else:
+        def perturbation(params, x, keys):  # one perturbation walk: B reverse diffusions of S steps
+            return perturb(eps_net(params), sample, schedule, spec1, x, keys, jnp.float32(lam))
+        what = "one perturbation"
+
+    log(f"compiling {what} ({batch} members, {cfg.sampler.name} S={cfg.sampler.steps}, {h}×{w}×{c})...")
     p_compiled, p_compile_s = _compile(perturbation, d_params, x, keys)
     jax.block_until_ready(p_compiled(d_params, x, keys))
     p_s = _median(lambda: p_compiled(d_params, x, keys), repeats)
@@ -106,25 +125,24 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
 
     # the denoiser alone on the guided batch, G_φ alone on B members
     xg = jnp.concatenate([x] * (guided_batch // batch))
-    d_compiled, _ = _compile(lambda p, xx: eps_net(p)(xx, jnp.float32(500.0), def_condition(xx)), d_params, xg)
+    cg = jnp.concatenate([condition] * (guided_batch // batch)) if direct else None
+    d_compiled, _ = _compile(lambda p, xx: eps_net(p)(xx, jnp.float32(500.0), cg if direct else def_condition(xx)),
+                             d_params, xg)
     jax.block_until_ready(d_compiled(d_params, xg))
     d_s = _median(lambda: d_compiled(d_params, xg), max(repeats, 5))
     d_flops = _flops(d_compiled)
-    k = int(cfg.data.history)
-    states = jnp.broadcast_to(x[:, None], (batch, k, h, w, c))
-    forc = jnp.zeros((batch, k, h, w, channels.forcing), jnp.float32)
-    tf = jnp.zeros((batch, k + 1, channels.time), jnp.float32)
-    st = jnp.zeros((batch, h, w, channels.static), jnp.float32)
-    g_compiled, _ = _compile(lambda p, s: g_fn(p)(s, forc, tf, st), f_params, states)
-    jax.block_until_ready(g_compiled(f_params, states))
-    g_s = _median(lambda: g_compiled(f_params, states), max(repeats, 5))
+    g_states = states[:, k - kf:]
+    g_compiled, _ = _compile(lambda p, s: g_fn(p)(s, forc[:, k - kf:], tf[:, k - kf:], st), f_params, g_states)
+    jax.block_until_ready(g_compiled(f_params, g_states))
+    g_s = _median(lambda: g_compiled(f_params, g_states), max(repeats, 5))
     g_flops = _flops(g_compiled)
 
-    # the full rollout: L steps × (K walks + G_φ)
-    spec = RolloutSpec(walks=walks, history=k, forecaster_history=k, guidance=guidance_kind(lam),
-                       lead_steps=lead_steps, conditional=conditional)
+    # the full rollout: L steps × (K walks + G_φ), or L direct samples (+ G_φ in the residual variant)
+    spec = RolloutSpec(mode=mode, walks=walks, history=k, forecaster_history=kf, residual=residual,
+                       guidance=guidance_kind(lam), lead_steps=lead_steps, conditional=conditional)
+
     def program(fp, dp, states, ids, key, forcings, tfs, statics):
-        r = make_rollout(g_fn(fp), eps_net(dp), sample, schedule, spec)
+        r = make_rollout(g_fn(fp), eps_net(dp), sample, schedule, spec, condition_fn=direct_condition)
         return r(states, ids, key, jnp.int32(0), forcings, tfs, statics, jnp.float32(lam))
 
     ids = jax.device_put(jnp.arange(batch, dtype=jnp.int32), lead)
@@ -132,17 +150,17 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
     tfs = jnp.zeros((k + lead_steps, channels.time), jnp.float32)
     statics = jnp.zeros((h, w, channels.static), jnp.float32)
     args = (f_params, d_params, jax.device_put(states, lead), ids, jax.random.PRNGKey(1), forcings, tfs, statics)
-    log(f"compiling the rollout ({lead_steps} steps × K={walks} walks)...")
+    log(f"compiling the rollout ({lead_steps} steps" + (", direct samples)..." if direct else f" × K={walks} walks)..."))
     r_compiled, r_compile_s = _compile(program, *args)
     jax.block_until_ready(r_compiled(*args))
     r_s = _median(lambda: r_compiled(*args), repeats)
-    predicted = lead_steps * (walks * nfe * d_s + g_s)
+    predicted = lead_steps * ((nfe * d_s + (g_s if residual else 0.0)) if direct else (walks * nfe * d_s + g_s))
     mem = r_compiled.memory_analysis()
     xla_bytes = None if mem is None else int(mem.temp_size_in_bytes + mem.argument_size_in_bytes
                                               + mem.output_size_in_bytes)
     member_steps_per_s = batch * nfe / p_s
     return {
-        "eps": "unet",
+        "eps": "unet", "mode": "direct_residual" if residual else mode,
         "sampler": cfg.sampler.name, "order": cfg.sampler.order, "method": cfg.sampler.method,
         "spacing": cfg.sampler.spacing, "schedule": cfg.diffusion.schedule, "steps": int(cfg.sampler.steps),
         "nfe": nfe, "members": batch, "guidance_scale": lam, "guided_batch": guided_batch, "walks": walks,
@@ -180,7 +198,7 @@ def format_table(r: dict[str, Any]) -> str:
                      f"{r['denoiser_gflop_per_sample']:.3f} GFLOP per sample"),
         ("guidance", f"λ={r['guidance_scale']}: {r['guided_batch']} samples per network call"),
         ("compile", f"{r['compile_s']:.1f} s (perturbation), {r['rollout_compile_s']:.1f} s (rollout)"),
-        ("one perturbation", f"{r['run_s']:.3f} s"),
+        ("one sample (direct)" if r["mode"].startswith("direct") else "one perturbation", f"{r['run_s']:.3f} s"),
         ("members × steps/s", f"{r['member_steps_per_s']:.2f}"),
         ("NFE/s", f"{r['nfe_per_s']:.2f} (network calls on the guided batch)"),
         ("denoiser call", f"{r['denoiser_call_ms']:.1f} ms → {r['denoiser_gflops_per_s']:.1f} GFLOP/s"),
@@ -189,7 +207,9 @@ def format_table(r: dict[str, Any]) -> str:
         ("solver overhead", f"{r['solver_overhead_pct']:.1f} % of the perturbation"),
         ("G_φ step", f"{r['forecaster_step_ms']:.1f} ms for {r['members']} members "
                      f"({r['forecaster_gflop_per_member']:.3f} GFLOP each)"),
-        ("rollout", f"{r['rollout_lead_steps']} steps × K={r['walks']}: {r['rollout_s']:.3f} s, predicted from the "
+        ("rollout", f"{r['rollout_lead_steps']} steps × "
+                    + (f"{r['mode']} samples" if r["mode"].startswith("direct") else f"K={r['walks']}")
+                    + f": {r['rollout_s']:.3f} s, predicted from the "
                     f"parts {r['rollout_predicted_s']:.3f} s → overhead {r['rollout_overhead_pct']:.1f} %"),
         ("memory", (f"XLA rollout program {r['xla_rollout_bytes'] / 2**20:.0f} MiB; " if r["xla_rollout_bytes"]
                     else "") + f"process peak {r['peak_rss_mb']:.0f} MB"),

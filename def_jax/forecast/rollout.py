@@ -132,7 +132,7 @@ def fold_all(keys: jax.Array, value: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, value)
 
 
-def _sample_members(eps_net: EpsNet, sample: Sampler, schedule: VPSchedule, spec: RolloutSpec,
+def sample_members(eps_net: EpsNet, sample: Sampler, schedule: VPSchedule, spec: RolloutSpec,
                     condition: jax.Array, keys: jax.Array, guidance_scale: jax.Array, shape: tuple) -> jax.Array:
     """One reverse diffusion per member from its own noise: condition [B, H, W, C_c], keys [B] → [B, H, W, C].
 
@@ -169,7 +169,7 @@ def perturb(eps_net: Optional[EpsNet], sample: Optional[Sampler], schedule: Opti
         return pert.add_noise(spec.perturbation, x, keys, scale * amplitude, spec.correlation_length)
 
     def walk(x_c, k):
-        return _sample_members(eps_net, sample, schedule, spec, x_c, fold_all(keys, k), scale, x.shape[1:]), None
+        return sample_members(eps_net, sample, schedule, spec, x_c, fold_all(keys, k), scale, x.shape[1:]), None
 
     x, _ = jax.lax.scan(walk, x, jnp.arange(spec.walks, dtype=jnp.int32))
     return x
@@ -231,7 +231,7 @@ def make_rollout(forecast_fn: Optional[ForecastFn], eps_net: Optional[EpsNet], s
                 tf = jax.lax.dynamic_slice_in_dim(time_features, j, k + 1, axis=0)  # [k+1, F]
                 forecast = g_phi(hist, j) if spec.residual else None
                 cond = condition_fn(hist, _broadcast_members(f, b), _broadcast_members(tf, b), st, forecast)
-                y = _sample_members(eps_net, sample, schedule, spec, cond, step_keys, scale, hist.shape[2:])
+                y = sample_members(eps_net, sample, schedule, spec, cond, step_keys, scale, hist.shape[2:])
                 y = y + forecast if spec.residual else y
             hist = jnp.concatenate([hist[:, 1:], y[:, None].astype(hist.dtype)], axis=1)
             return hist, y

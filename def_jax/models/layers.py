@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from def_jax.models.attention import attention
+
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
     """Sinusoidal embedding: [sin(t ω_k), cos(t ω_k)], ω_k = max_period^(−k/(dim/2)), k = 0..dim/2−1.
@@ -72,9 +74,11 @@ class ResBlock(nnx.Module):
 
 
 class SelfAttention(nnx.Module):
-    """Multi-head self-attention over all H·W positions, residual. x [B, H, W, C] → same."""
+    """Multi-head self-attention over all H·W positions, residual. x [B, H, W, C] → same. ``implementation`` and
+    ``chunk`` choose how the attention is computed (:mod:`def_jax.models.attention`), not what."""
 
-    def __init__(self, channels: int, *, heads: int, groups: int, dtype, rngs: nnx.Rngs):
+    def __init__(self, channels: int, *, heads: int, groups: int, dtype, rngs: nnx.Rngs,
+                 implementation: str = "auto", chunk: int = 1024):
         if channels % heads:
             raise ValueError(f"attention: {channels} channels do not split into {heads} heads")
         self.heads = heads
@@ -82,12 +86,14 @@ class SelfAttention(nnx.Module):
         self.qkv = nnx.Linear(channels, 3 * channels, dtype=dtype, rngs=rngs)
         self.out = nnx.Linear(channels, channels, dtype=dtype, kernel_init=nnx.initializers.zeros, rngs=rngs)
         self.dtype = dtype
+        self.implementation, self.chunk = implementation, int(chunk)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
         qkv = self.qkv(self.norm(x).astype(self.dtype).reshape(b, h * w, c))  # [B, N, 3C]
         q, k, v = jnp.split(qkv.reshape(b, h * w, 3, self.heads, c // self.heads), 3, axis=2)  # [B, N, 1, h, d]
-        y = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])  # [B, N, heads, d]
+        y = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], implementation=self.implementation,
+                      query_chunk=self.chunk, key_chunk=self.chunk)  # [B, N, heads, d]
         return x + self.out(y.reshape(b, h * w, c)).reshape(b, h, w, c)
 
 

@@ -49,6 +49,8 @@ class UNetConfig:
     time_embedding_dim: int = 128
     remat: bool = False
     dtype: str = "float32"
+    attention: str = "auto"
+    attention_chunk: int = 1024
 
     @classmethod
     def from_config(cls, section: Any) -> "UNetConfig":
@@ -85,7 +87,8 @@ class UNet(nnx.Module):
             self.time_mlp1 = nnx.Linear(cfg.time_embedding_dim, emb_dim, rngs=rngs)
             self.time_mlp2 = nnx.Linear(emb_dim, emb_dim, rngs=rngs)
         block = dict(emb_dim=emb_dim, groups=cfg.norm_groups, dropout=cfg.dropout, dtype=dtype, rngs=rngs)
-        attn = dict(heads=cfg.num_heads, groups=cfg.norm_groups, dtype=dtype, rngs=rngs)
+        attn = dict(heads=cfg.num_heads, groups=cfg.norm_groups, dtype=dtype, rngs=rngs,
+                    implementation=cfg.attention, chunk=cfg.attention_chunk)
 
         self.conv_in = nnx.Conv(in_channels, widths[0], (3, 3), dtype=dtype, rngs=rngs)
         down, skip_channels, ch = [], [widths[0]], widths[0]
@@ -140,7 +143,11 @@ class UNet(nnx.Module):
                 return m(skip, h)
             return m(h)
         if self.config.remat and kind in ("res", "attn"):
-            return nnx.remat(run)(module, h, emb, skip, rngs)
+            # jax.checkpoint of a pure function of the block's state (nnx.remat would update the block's variables
+            # from inside its own trace, which fails when the network is called under vmap or scan, as the rollout
+            # calls it)
+            graphdef, state = nnx.split(module)
+            return jax.checkpoint(lambda st, *a: run(nnx.merge(graphdef, st), *a))(state, h, emb, skip, rngs)
         return run(module, h, emb, skip, rngs)
 
     def __call__(self, x: jax.Array, t: Optional[jax.Array] = None, *, deterministic: bool = True,

@@ -37,6 +37,10 @@ ARCHITECTURE_FIELDS = {
                   "data.normalization", "data.statics", "data.time_encodings", "data.levels"),
 }
 
+# Fields of the model sections that choose how a network is computed, not what it computes: they may differ between a
+# checkpoint and the config that loads it (train with cuDNN attention on a GPU, forecast with XLA's on a CPU).
+COMPUTE_FIELDS = ("remat", "attention", "attention_chunk")
+
 # Fields added after checkpoints were first written, with the behaviour of a checkpoint that predates them: such a
 # checkpoint matches a config that sets the field to this value.
 LEGACY_DEFAULTS = {"denoiser.skip_coefficients": "learned", "denoiser.null_prior": "white"}
@@ -63,7 +67,8 @@ def config_differences(saved: dict, current: dict, fields: tuple[str, ...]) -> l
     a, b = flatten_config(saved), flatten_config(current)
     # a checkpoint from before a field existed had its legacy behaviour (compared where the config has the field)
     a = {**{k: v for k, v in LEGACY_DEFAULTS.items() if a and k in b}, **a}
-    keys = sorted(k for k in set(a) | set(b) if any(k == f or k.startswith(f) for f in fields))
+    keys = sorted(k for k in set(a) | set(b) if any(k == f or k.startswith(f) for f in fields)
+                  and k.rsplit(".", 1)[-1] not in COMPUTE_FIELDS)
     return [f"{k}: {a.get(k, '<absent>')!r} → {b.get(k, '<absent>')!r}" for k in keys if a.get(k) != b.get(k)]
 
 

@@ -19,7 +19,9 @@ from flax import nnx
 from def_jax.catalogue import load_catalogue
 from def_jax.data.source import COORD_STATICS, resolve_statics
 from def_jax.models.networks import TIME_FEATURES, Channels
-from def_jax.models.unet import UNetConfig
+from def_jax.errors import UserError
+from def_jax.models.attention import resolve as resolve_attention
+from def_jax.models.unet import DTYPES, UNetConfig
 from def_jax.training import objectives
 from def_jax.training.loop import build_denoiser, build_forecaster, needs_forecaster, null_prior, training_objective
 from def_jax.training.state import init_train_state, make_optimizer, make_train_step
@@ -69,27 +71,33 @@ def model_report(cfg: Any, kind: str, grid: tuple[int, int], *, memory: bool, ba
     if remat is not None:
         with cfg.unlocked():
             cfg[section].remat = remat
-    if kind == "forecaster":
-        build = lambda: build_forecaster(cfg, ch, 0)  # noqa: E731
-        history = cfg.data.history
-    else:
-        build = lambda: build_denoiser(cfg, ch, 0, null_prior(cfg, None))  # noqa: E731
-        history = cfg.diffusion.direct_history if cfg.diffusion.mode == "direct" else cfg.data.history
-    model = nnx.eval_shape(build)
+    def builder(c):
+        if kind == "forecaster":
+            return lambda: build_forecaster(c, ch, 0)
+        return lambda: build_denoiser(c, ch, 0, null_prior(c, None))
+
+    history = cfg.diffusion.direct_history if kind != "forecaster" and cfg.diffusion.mode == "direct" \
+        else cfg.data.history
+    model = nnx.eval_shape(builder(cfg))
     graphdef, params = nnx.split(model)
     h, w = grid
     one = _abstract_batch(cfg, kind, ch, grid, 1, history, 1)
     if kind == "forecaster":
-        def forward(p, b):
-            return objectives.forecast_step(nnx.merge(graphdef, p), b["inputs"], b, 0, deterministic=True)
+        def forward(p, b, g):
+            return objectives.forecast_step(nnx.merge(g, p), b["inputs"], b, 0, deterministic=True)
     else:
         cond_ch = model.condition_channels
 
-        def forward(p, b):
+        def forward(p, b, g):
             x = b["inputs"][:, -1]
             c = jnp.zeros((1, h, w, cond_ch), jnp.float32)
-            return nnx.merge(graphdef, p)(x, jnp.ones((1,)), c)
-    fwd = jax.jit(forward).lower(params, one).compile()
+            return nnx.merge(g, p)(x, jnp.ones((1,)), c)
+    # FLOPs are counted on the same network with XLA's attention: the chunked form computes the same products in a
+    # loop, which XLA's cost analysis counts once instead of once per iteration
+    flop_cfg = cfg.copy_and_resolve_references()
+    flop_cfg[section].attention = "xla"
+    flop_graphdef = nnx.split(nnx.eval_shape(builder(flop_cfg)))[0]
+    fwd = jax.jit(lambda p, b: forward(p, b, flop_graphdef)).lower(params, one).compile()
     report = {"model": kind, "grid": list(grid), "parameters": _count(params),
               "gflops_per_forward": _cost(fwd).get("flops", float("nan")) / 1e9,
               "channels": {"state": ch.state, "forcing": ch.forcing, "static": ch.static},
@@ -103,17 +111,25 @@ def _bytes(tree) -> int:
     return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
 
 
-def largest_attention_bytes(cfg_model: Any, grid: tuple[int, int], batch: int) -> int:
-    """Bytes of the biggest attention score matrix: batch × heads × N² float32, N the tokens at the finest attended
-    level (the middle block attends at the coarsest level)."""
+def largest_attention_bytes(cfg_model: Any, grid: tuple[int, int], batch: int,
+                            backend: Optional[str] = None) -> tuple[str, int]:
+    """The attention implementation on ``backend`` (default: this one) and the bytes of the largest transient it
+    builds at once, in float32: ``xla`` the whole score matrix, batch × heads × N² (N the tokens at the finest
+    attended level; the middle block attends at the coarsest); ``chunked`` one block of it, batch × heads ×
+    query chunk × key chunk; ``cudnn`` none (the fused kernel keeps its blocks on chip)."""
     ucfg = UNetConfig.from_config(cfg_model)
     m = ucfg.multiple
     h, w = -(-grid[0] // m) * m, -(-grid[1] // m) * m
     levels = list(ucfg.attention_levels) + ([len(ucfg.channel_mults) - 1] if ucfg.mid_attention else [])
-    if not levels:
-        return 0
+    head_dim = min(ucfg.widths[lv] for lv in levels) // ucfg.num_heads if levels else 0
+    impl = resolve_attention(ucfg.attention, DTYPES[ucfg.dtype], head_dim, backend)
+    if not levels or impl == "cudnn":
+        return impl, 0
     n = (h // 2 ** min(levels)) * (w // 2 ** min(levels))
-    return batch * ucfg.num_heads * n * n * 4
+    if impl == "chunked":
+        c = min(int(ucfg.attention_chunk), n)
+        return impl, batch * ucfg.num_heads * c * c * 4
+    return impl, batch * ucfg.num_heads * n * n * 4
 
 
 def step_memory(cfg: Any, kind: str, graphdef, params, ch: Channels, grid, history: int,
@@ -123,7 +139,10 @@ def step_memory(cfg: Any, kind: str, graphdef, params, ch: Channels, grid, histo
     * ``static``: parameters, gradients, optimizer state, EMA, frozen forecaster and the batch -- exact.
     * ``activations``: what the backward pass keeps, from the residuals of ``jax.vjp`` of the loss -- exact for JAX's
       plan, and reflecting ``remat``.
-    * ``attention``: the largest attention score matrix (a transient that ``remat`` does not remove).
+    * ``attention``: the largest transient of the attention implementation (:func:`largest_attention_bytes`): the
+      whole score matrix with ``xla``, one block of it with ``chunked``, none with ``cudnn``. ``remat`` does not
+      remove it. (What the backward pass keeps of the attention is in ``activations``: the probabilities with
+      ``xla``, only q, k, v with ``chunked``.)
     * ``estimate`` = static + activations + 2 × attention: a device-independent estimate of the peak.
     * ``xla_cpu``: XLA's compiled memory analysis on this backend (its CPU scheduler is not memory-aware: it does not
       exploit rematerialization, so it overstates remat runs).
@@ -146,14 +165,17 @@ def step_memory(cfg: Any, kind: str, graphdef, params, ch: Channels, grid, histo
     static = _bytes(state) + _bytes(params) + _bytes(batches) + _bytes(frozen)  # state + gradients + inputs
     activations = _bytes(residuals) - _bytes(params)  # the vjp closure also holds the parameters
     section = "forecaster" if kind == "forecaster" else "denoiser"
-    attention = largest_attention_bytes(cfg[section], grid, micro)
+    impl, attention = largest_attention_bytes(cfg[section], grid, micro)
+    if impl == "cudnn" and jax.default_backend() == "cpu":
+        raise UserError(f"config.{section}.attention: cudnn attention compiles only on an NVIDIA GPU; on this CPU "
+                        f"estimate with --config.{section}.attention=chunked (no score matrix either)")
     step = jax.jit(make_train_step(loss_fn, optimizer, schedule, ema_decay=ema), donate_argnums=0)
     mem = step.lower(state, batches, frozen).compile().memory_analysis()
     args, temp, out, alias = (int(getattr(mem, f"{n}_size_in_bytes", 0)) for n in
                               ("argument", "temp", "output", "alias"))
     return {"micro_batch": micro, "grad_accum": int(tcfg.grad_accum), "remat": bool(cfg[section].remat),
             "memory_static_gb": static / GB, "memory_activations_gb": activations / GB,
-            "memory_attention_gb": attention / GB,
+            "attention": impl, "memory_attention_gb": attention / GB,
             "memory_estimate_gb": (static + activations + 2 * attention) / GB,
             "memory_xla_cpu_gb": (args + temp + out - alias) / GB}
 
@@ -167,6 +189,7 @@ def format_report(r: dict) -> str:
         lines.append(f"  one training step (micro-batch {r['micro_batch']} × {r['grad_accum']} accumulation, "
                      f"remat {r['remat']}): ≈ {r['memory_estimate_gb']:.2f} GiB = static {r['memory_static_gb']:.2f}"
                      f" (weights, gradients, optimizer, EMA, batch) + activations {r['memory_activations_gb']:.2f}"
-                     f" + 2 × attention scores {r['memory_attention_gb']:.2f}; XLA:CPU compiled "
+                     f" + 2 × attention scores {r['memory_attention_gb']:.2f} ({r['attention']} attention); "
+                     f"XLA:CPU compiled "
                      f"{r['memory_xla_cpu_gb']:.2f} GiB")
     return "\n".join(lines)
