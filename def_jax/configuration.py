@@ -14,6 +14,7 @@ import ml_collections
 
 from def_jax.diffusion.samplers import SAMPLERS, make_sampler
 from def_jax.diffusion.schedules import SCHEDULES
+from def_jax.data.windows import as_period, first_overlap, overlap_message
 from def_jax.diffusion.timesteps import SPACINGS
 from def_jax.errors import UserError
 from def_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
@@ -213,6 +214,17 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if cfg.diffusion.mode == "direct" and cfg.ensemble.perturbation != "def":
         raise ConfigError("ensemble.perturbation", f"{cfg.ensemble.perturbation!r} perturbs DEF's rollout; the "
                           "direct generative mode (diffusion.mode=direct) samples its members: leave it at 'def'")
+    # the splits must not share a time (leakage): checked here, so every command that reads a period refuses overlap
+    periods = {s: _get(cfg, f"data.{s}_period") for s in ("train", "val", "test")}
+    parsed = {}
+    for split, text in periods.items():
+        try:
+            parsed.update({split: as_period(text, "value")} if text else {})
+        except UserError as err:
+            raise ConfigError(f"data.{split}_period", str(err)) from None
+    pair = first_overlap(parsed)
+    if pair:
+        raise ConfigError(f"data.{pair[0]}_period", overlap_message(parsed, *pair).split(" ", 1)[1])
     lead, dt = cfg.ensemble.lead_hours, cfg.data.dt_hours
     if lead % dt:
         raise ConfigError("ensemble.lead_hours", f"must be a multiple of data.dt_hours={dt}; got {lead}")

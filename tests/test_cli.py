@@ -126,6 +126,15 @@ def test_bench_sampler_direct_mode_with_remat(capsys, tmp_path):
     assert r["rollout_s"] > 0 and r["forecaster_step_ms"] > 0 and "one sample (direct)" in out
 
 
+@pytest.mark.parametrize("preset", ["demo", "hrrr_expanded", "hrrr_4090", "hrrr_production", "era5_paper"])
+def test_every_preset_forecasts_as_far_as_its_store(capsys, tmp_path, preset):
+    """Each preset's settings pass every check of forecast: what stops it here is only that its store is absent."""
+    code, _, err = run_cli(capsys, "forecast", f"--config={preset}", f"--workdir={tmp_path}",
+                           f"--config.data.store={tmp_path / 'absent.zarr'}")
+    assert code == 2 and err.strip() == f"def-jax: error: store {tmp_path / 'absent.zarr'}: does not exist (run " \
+        "def-jax prepare first)", err
+
+
 def test_bench_needs_a_known_target(capsys):
     code, _, err = run_cli(capsys, "bench", "trainer", "--config=demo")
     assert code == 2 and "bench needs one target: sampler" in err

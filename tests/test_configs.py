@@ -37,7 +37,8 @@ def test_era5_paper_is_the_authors_setting():
     assert widths(cfg.forecaster) == (128, 256, 384, 512)
     assert widths(cfg.denoiser) == (256, 384, 512, 768)
     assert cfg.diffusion.schedule == "linear" and cfg.data.dt_hours == 6 and tuple(cfg.data.grid_shape) == (32, 64)
-    assert cfg.data.normalization == "per_sample" and cfg.training.forecaster.rollout_steps == 4
+    assert cfg.data.normalization == "global" and not cfg.ensemble.corrector  # DEF_METHOD §2's default: it forecasts
+    assert cfg.training.forecaster.rollout_steps == 4
     assert tuple(cfg.tuning.walks) == (1, 3, 7) and tuple(cfg.tuning.guidance_scales) == (0.3, 0.5, 0.7, 1.0)
 
 
@@ -73,6 +74,10 @@ def test_unknown_variant():
         ("ensemble.lag_steps", 0, "config.ensemble.lag_steps: must be >= 1"),
         ("ensemble.perturbation_scale", -0.1, "config.ensemble.perturbation_scale: must be finite and >= 0"),
         ("tuning.criterion", "rmse", "config.tuning.criterion: must be one of spread_skill, crps"),
+        ("data.test_period", "2024-07-04T12:2024-07-20T23", "config.data.train_period: 2024-06-01T00:2024-07-04T23 "
+         "overlaps data.test_period 2024-07-04T12:2024-07-20T23: splits must be disjoint"),
+        ("data.val_period", "2024-07-11", "config.data.val_period: value '2024-07-11': expected START:END"),
+        ("forecaster.attention", "flash", "config.forecaster.attention: must be one of auto, xla, cudnn, chunked"),
     ],
 )
 def test_invalid_values_are_named(field, value, message):

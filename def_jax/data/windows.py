@@ -93,15 +93,27 @@ def valid_window_starts(times: np.ndarray, status: np.ndarray, length: int, *, p
     return np.flatnonzero(valid).astype(np.int64)
 
 
-def _check_disjoint(periods: Mapping[str, Period]) -> None:
+def first_overlap(periods: Mapping[str, Period]) -> Optional[tuple[str, str]]:
+    """The first two of ``periods`` (split name → period) that share a time, or None."""
     names = list(periods)
     for a in range(len(names)):
         for b in range(a + 1, len(names)):
             (s1, e1), (s2, e2) = periods[names[a]], periods[names[b]]
             if s1 <= e2 and s2 <= e1:
-                raise UserError(
-                    f"data.{names[a]}_period {format_period(periods[names[a]])} overlaps data.{names[b]}_period "
-                    f"{format_period(periods[names[b]])}: splits must be disjoint (no leakage between them)")
+                return names[a], names[b]
+    return None
+
+
+def overlap_message(periods: Mapping[str, Period], a: str, b: str) -> str:
+    return (f"data.{a}_period {format_period(periods[a])} overlaps data.{b}_period {format_period(periods[b])}: "
+            f"splits must be disjoint (no leakage between them)")
+
+
+def check_disjoint(periods: Mapping[str, Period]) -> None:
+    """A UserError naming the first two of ``periods`` that overlap."""
+    pair = first_overlap(periods)
+    if pair:
+        raise UserError(overlap_message(periods, *pair))
 
 
 def split_windows(times: np.ndarray, status: np.ndarray, periods: Mapping[str, PeriodLike], *, history: int,
@@ -113,7 +125,7 @@ def split_windows(times: np.ndarray, status: np.ndarray, periods: Mapping[str, P
     naming the split, its period and what a window needs.
     """
     parsed = {name: as_period(p, f"data.{name}_period") for name, p in periods.items()}
-    _check_disjoint(parsed)
+    check_disjoint(parsed)
     out = {name: valid_window_starts(times, status, history + lead_steps, period=p, stride=stride, dt=dt)
            for name, p in parsed.items()}
     if not allow_empty:
