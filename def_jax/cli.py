@@ -174,9 +174,16 @@ def _bench_run(inv: Invocation) -> int:
     from def_jax.bench import write_json
 
     target = inv.args[0]
+    main = True
+    if target == "sampler" and inv.flags.eps == "unet":  # the rollout runs multi-host like a forecast
+        from def_jax.cli_forecast import start_processes
+
+        main = start_processes(inv.config)
     result, table = {"sampler": _bench_sampler, "train": _bench_train, "loader": _bench_loader,
                      "prepare": _bench_prepare}[target](
         inv.config, inv.flags)
+    if not main:
+        return 0
     print(table)
     out = Path(inv.flags.out) if inv.flags.out else inv.workdir / f"bench_{target}.json"
     write_json(result, out)

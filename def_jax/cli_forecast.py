@@ -66,15 +66,27 @@ def default_init(cfg) -> str:
     return str(parse_period(cfg.data.test_period, "config.data.test_period")[0])
 
 
+def start_processes(cfg) -> bool:
+    """jax.distributed for a multi-host run (config.parallel or a SLURM/Open MPI launch), before any JAX work;
+    whether this is process 0, the one that reports."""
+    from def_jax import parallel
+
+    p = cfg.parallel
+    launch = parallel.initialize_distributed(p.coordinator_address, p.num_processes, p.process_id)
+    return launch is None or launch.process_id == 0
+
+
 def forecast_run(inv: "Invocation") -> int:
     from def_jax.forecast.run import forecast, parse_inits
 
+    main = start_processes(inv.config)
     cfg = apply_overrides(inv.config, inv.flags, FORECAST_OVERRIDES)
     fv = inv.flags
     inits = parse_inits(fv.init, fv.cycles, fv.every, "" if fv.init else default_init(cfg))
     out = Path(fv.out) if fv.out else inv.workdir / "forecasts"
     files = forecast(cfg, inv.workdir, out, inits, overwrite=fv.overwrite)
-    print(f"{len(files)} forecast file(s) in {out}")
+    if main:
+        print(f"{len(files)} forecast file(s) in {out}")
     return 0
 
 
@@ -172,6 +184,7 @@ def tune_run(inv: "Invocation") -> int:
     from def_jax.errors import UserError
     from def_jax.tuning import best_overrides, tune
 
+    main = start_processes(inv.config)
     fv = inv.flags
     cfg = apply_overrides(inv.config, fv, {k: v for k, v in FORECAST_OVERRIDES.items()
                                            if k in ("lead_hours", "members", "sampler_steps", "perturbation")})
@@ -190,6 +203,8 @@ def tune_run(inv: "Invocation") -> int:
     out = Path(fv.out) if fv.out else inv.workdir / ("tuning" if kind == "def" else f"tuning_{kind}")
     result = tune(cfg, inv.workdir, out, scales=scales, walks=walks, every_hours=fv.every,
                   max_cycles=fv.max_cycles, by=fv.by or cfg.tuning.criterion)
+    if not main:
+        return 0
     print(f"{'ensemble':<11} {'K':>3} {'scale':>6} {'SSR':>7} {'|log SSR|':>10} {'CRPS/MAE det':>13}")
     for r in result["rows"]:
         print(f"{r['perturbation']:<11} {r['walks']:>3} {r['scale']:>6g} {r['mean_ssr']:>7.3f} "

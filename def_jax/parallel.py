@@ -66,6 +66,51 @@ def batch_sharding(mesh: jax.sharding.Mesh, key: str, ndim: int, batch_axis: int
     return NamedSharding(mesh, PartitionSpec(*spec))
 
 
+def field_sharding(mesh: jax.sharding.Mesh, ndim: int, y_axis: int, member_axis: Optional[int] = None
+                   ) -> NamedSharding:
+    """Sharding of a field array: ``member_axis`` (if any) over ``data``, the grid's ``y_axis`` over ``space`` (when
+    it has more than one device); the rest replicated."""
+    spec: list = [None] * ndim
+    if member_axis is not None:
+        spec[member_axis] = DATA
+    if mesh.shape[SPACE] > 1:
+        spec[y_axis] = SPACE
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def check_spatial(mesh: jax.sharding.Mesh, height: int) -> None:
+    """A UserError when the grid's ``height`` rows do not split evenly over the ``space`` axis."""
+    n = mesh.shape[SPACE]
+    if height % n:
+        raise UserError(f"config.parallel.spatial_axis={n} must divide the grid's {height} rows (y); choose a "
+                        f"divisor of {height} or prepare a region whose rows it divides (prepare --region=Y0:Y1,...)")
+
+
+def put(x, sharding: NamedSharding) -> jax.Array:
+    """A host value (the same on every process) → a global array placed with ``sharding`` (multi-host safe: each
+    process places its own devices' parts)."""
+    return jax.device_put(np.asarray(x), sharding)
+
+
+def fetch(x: jax.Array) -> np.ndarray:
+    """The whole value of a (possibly multi-host) array on this host: every process gets all of it."""
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def agree(values: Sequence[bool]) -> list[bool]:
+    """Process 0's ``values`` on every process (decisions such as which files are finished, taken once for all)."""
+    if jax.process_count() == 1:
+        return [bool(v) for v in values]
+    from jax.experimental import multihost_utils
+
+    agreed = multihost_utils.broadcast_one_to_all(np.asarray(values, np.int32))
+    return [bool(v) for v in np.asarray(agreed)]
+
+
 def global_batch(batch: dict, mesh: jax.sharding.Mesh, batch_axis: int = 0) -> dict:
     """This process's slice of the batch (NumPy) → global jax.Arrays sharded over the mesh (multi-host safe)."""
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, k, np.ndim(v), batch_axis), v)

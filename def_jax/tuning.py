@@ -20,9 +20,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import jax
 import numpy as np
 import pandas as pd
 
+from def_jax import parallel
 from def_jax.errors import UserError
 
 COLUMNS = ("perturbation", "walks", "scale", "mean_ssr", "mean_abs_log_ssr", "crps_over_deterministic_mae",
@@ -102,6 +104,9 @@ def tune(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[float], wal
         raise UserError(f"--by: expected one of {', '.join(CRITERIA)}; got {by!r}")
     if not scales or not walks:
         raise UserError("tune needs at least one scale (and, for DEF, one walks value)")
+    main = jax.process_index() == 0  # multi-host: every process forecasts, process 0 writes and scores
+    if not main:
+        log = _quiet
     inits = [np.datetime64(t, "ns") for t in validation_inits(cfg, every_hours, max_cycles)]
     out_dir = Path(out_dir)
     kind = Ensemble.from_config(cfg).kind
@@ -121,14 +126,16 @@ def tune(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[float], wal
             folder = out_dir / tag / "forecasts"
             files = [folder / forecast_filename(t) for t in inits]
             log(f"tune: {ens.describe()} on {len(inits)} validation cycle(s)")
-            for t, path in zip(inits, files):
-                if path.exists():
+            for t, path, done in zip(inits, files, parallel.agree([f.exists() for f in files])):
+                if done:
                     log(f"  {path} exists: reused")
                     continue
                 if runner is None:  # models loaded, inputs checked once per K
                     runner = Forecaster(c, workdir, log, inits=tuple(inits), trace_scale=True,
                                         max_pre_steps=max_pre)
                 runner.run_cycle(t, folder, ensemble=ens)
+            if not main:
+                continue
             result = evaluate(files, Path(c.data.store), out_dir / tag / "evaluation", config=c, log=lambda m: None)
             row = {"perturbation": kind, "walks": int(k), "scale": ens.scale,
                    **summarize(pd.read_csv(result["tables"]["scores"])), "cycles": len(inits),
@@ -136,6 +143,8 @@ def tune(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[float], wal
             log(f"  spread/skill {row['mean_ssr']:.3f} (mean |log SSR| {row['mean_abs_log_ssr']:.3f}), CRPS / "
                 f"deterministic MAE {row['crps_over_deterministic_mae']:.3f}")
             rows.append(row)
+    if not main:
+        return {"rows": [], "best": None, "table": None}
     best = pick_best(rows, by)
     if best is None:
         raise UserError("tune: no setting produced a finite spread/skill ratio (are there ≥ 2 members?)")
@@ -149,6 +158,10 @@ def tune(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[float], wal
             w.writerow({k: r[k] for k in COLUMNS})
     os.replace(tmp, table)
     return {"rows": rows, "best": best, "table": table}
+
+
+def _quiet(message: str) -> None:
+    pass
 
 
 def best_overrides(row: dict) -> str:

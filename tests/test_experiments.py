@@ -18,7 +18,8 @@ def test_scripts_parse(script):
 
 
 def test_scripts_print_usage():
-    for script in ("experiments/slurm/launch_multihost.sh", "experiments/slurm/train.sbatch"):
+    for script in ("experiments/slurm/launch_multihost.sh", "experiments/slurm/train.sbatch",
+                   "experiments/slurm/forecast.sbatch"):
         out = subprocess.run(["bash", str(ROOT / script)], capture_output=True, text=True)
         assert out.returncode == 2 and "usage:" in out.stderr
     out = subprocess.run(["bash", str(ROOT / "experiments/slurm/launch_multihost.sh"), "127.0.0.1:1", "2", "0",

@@ -66,6 +66,81 @@ def test_cli_writes_cf_netcdf_that_xarray_opens(cli_forecasts, mini_store):
     assert np.isfinite(ds.t2m.values).all()
 
 
+def data_variables(path):
+    """Every data variable of a forecast file (NumPy), for comparing two runs."""
+    with xr.open_dataset(path) as ds:
+        return {name: ds[name].values for name in ds.data_vars if name != "crs"}
+
+
+def test_a_spatial_mesh_gives_the_member_sharded_forecast(cli_forecasts, mini_store, trained_workdir, tmp_path):
+    """(data 1 × space 4): each member's fields split by rows over the 4 devices, XLA exchanging the halos of the
+    convolutions and the partial sums of GroupNorm and attention, equal the (4 × 1) run of the command line, where
+    each member is whole on one device (to float32 summation order)."""
+    workdir, _ = trained_workdir
+    cfg = config(mini_store)
+    cfg.parallel.data_axis, cfg.parallel.spatial_axis = 1, 4
+    path = forecast(cfg, workdir, tmp_path, [np.datetime64(INIT)], log=lambda m: None)[0]
+    reference = data_variables(cli_forecasts[0] / path.name)
+    got = data_variables(path)
+    assert set(got) == set(reference)
+    for name, values in reference.items():
+        base, _, suffix = name.rpartition("_")
+        if suffix == "probability":  # counts of members over a threshold: a float difference may flip one
+            continue
+        if values.dtype.kind != "f":
+            np.testing.assert_array_equal(got[name], values, err_msg=name)
+            continue
+        # within 1e-3 of the variable's own variability (surface pressure ~1e5 Pa varies by ~1e2): float32 summation
+        # order, through 3 hours of walks and G_φ steps (measured: up to 2.6e-4)
+        scale = np.nanstd(reference[base if suffix in ("mean", "std", "deterministic") else name])
+        np.testing.assert_allclose(got[name], values, rtol=0, atol=1e-3 * scale + 1e-6, err_msg=name)
+    from def_jax import parallel
+
+    with pytest.raises(UserError, match="spatial_axis=4 must divide the grid's 30 rows"):  # e.g. a 30-row region
+        parallel.check_spatial(parallel.make_mesh(1, 4), 30)
+
+
+def test_a_two_node_slurm_forecast_writes_the_one_process_files(cli_forecasts, mini_store, trained_workdir,
+                                                                tmp_path):
+    """experiments/slurm/forecast.sbatch on two pretend nodes (local processes of 2 devices, Gloo collectives): the
+    members of each chunk split over the 4 devices of both processes, process 0 writing; the files are those of the
+    single process on 4 devices, value for value. Submitted again, it skips the finished cycles."""
+    from local_launch import slurm_job
+
+    out, cmd, _, _ = cli_forecasts
+    workdir, _ = trained_workdir
+    flags = [a for a in cmd[2:] if not a.startswith(("--workdir", "--out", "--config="))]
+    job, env = slurm_job("forecast.sbatch", 2, 2, "", f"{TINY}:{mini_store}", workdir, *flags,
+                         f"--out={tmp_path}")
+    run = subprocess.run(job, env=env, capture_output=True, text=True, timeout=600)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    assert "SLURM launch, process 0 of 2" in log and "process 1 of 2" in log
+    assert log.count("wrote ") == 2  # process 0 alone reports and writes
+    for path in sorted(out.glob("*.nc")):
+        reference, got = data_variables(path), data_variables(tmp_path / path.name)
+        for name, values in reference.items():
+            np.testing.assert_array_equal(got[name], values, err_msg=f"{path.name}: {name}")
+    job, env = slurm_job("forecast.sbatch", 2, 2, "", f"{TINY}:{mini_store}", workdir, *flags, f"--out={tmp_path}")
+    again = subprocess.run(job, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("exists: skipped") == 2, again.stderr[-2000:]
+
+
+def test_launch_multihost_starts_jax_distributed_for_a_forecast(mini_store, trained_workdir, tmp_path):
+    """launch_multihost.sh passes the coordinator to the command: one process (its own coordinator) starts
+    jax.distributed, then the forecast stops on its first check, naming the missing initial time."""
+    from local_launch import ROOT, free_port, jax_env
+
+    workdir, _ = trained_workdir
+    run = subprocess.run(["bash", str(ROOT / "experiments/slurm/launch_multihost.sh"), f"127.0.0.1:{free_port()}",
+                          "1", "0", "forecast", f"--config={TINY}:{mini_store}", f"--workdir={workdir}",
+                          "--init=2030-01-01T00", f"--out={tmp_path}"], env=jax_env(2), capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "jax.distributed: explicit launch, process 0 of 1" in run.stdout + run.stderr
+    assert "2030-01-01T00:00, which is outside the store" in run.stderr
+
+
 def test_constraints_and_statistics(cli_forecasts):
     out, *_ = cli_forecasts
     ds = xr.open_dataset(sorted(out.glob("*.nc"))[0])

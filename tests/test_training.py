@@ -5,7 +5,6 @@ checkpoints and their checks, divergence handling, and that short runs learn on 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from local_launch import jax_env, slurm_job
 from tiny_config import get_config, learning_config
 
 from def_jax import parallel
@@ -138,12 +138,6 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(mini_store, tmp_pat
 # --- processes ---------------------------------------------------------------------------------------------------------
 
 
-def _env(devices, cache=""):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), DEF_JAX_CACHE_DIR=str(cache))
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
-
-
 def train_losses(run_dir):
     return {s: r["loss"] for s, r in latest_per_step(read_metrics(run_dir)).items()}
 
@@ -163,7 +157,7 @@ def uninterrupted(mini_store, tmp_path_factory):
     """One process on 4 devices, eight updates without interruption: (run dir, compilation cache, its output)."""
     tmp = tmp_path_factory.mktemp("uninterrupted")
     full = subprocess.run(cli(mini_store, tmp / "run", "train-forecaster", *RESUMABLE),
-                          env=_env(4, cache=tmp / "xla_cache"), capture_output=True, text=True, timeout=300)
+                          env=jax_env(4, cache=tmp / "xla_cache"), capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr[-2000:]
     return tmp / "run" / "forecaster", tmp / "xla_cache", full.stdout + full.stderr
 
@@ -204,7 +198,7 @@ def assert_same_losses(reference: Path, run_dir: Path, rel: float) -> None:
 
 def test_sigkill_and_resume_equals_an_uninterrupted_run(mini_store, tmp_path, uninterrupted):
     reference, cache, _ = uninterrupted
-    env = _env(4, cache=cache)  # the reference run's compilation cache: nothing is compiled again
+    env = jax_env(4, cache=cache)  # the reference run's compilation cache: nothing is compiled again
     command = cli(mini_store, tmp_path / "killed", "train-forecaster", *RESUMABLE)
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -215,23 +209,9 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(mini_store, tmp_path, un
     assert_same_losses(reference, tmp_path / "killed" / "forecaster", rel=1e-6)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def sbatch(mini_store, workdir, nodes, cache, *overrides) -> tuple[list[str], dict]:
-    """experiments/slurm/train.sbatch as a SLURM allocation of ``nodes`` one-task nodes would run it, with
-    tests/launchers/srun starting the tasks on this machine (2 virtual CPU devices each)."""
-    root = Path(__file__).resolve().parents[1]
-    env = _env(2, cache=cache) | {
-        "PATH": f"{Path(__file__).parent / 'launchers'}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
-        "SLURM_JOB_NUM_NODES": str(nodes), "SLURM_NNODES": str(nodes), "SLURM_NTASKS": str(nodes),
-        "SLURM_TASKS_PER_NODE": f"1(x{nodes})", "SLURM_JOB_NODELIST": "localhost", "SLURM_SUBMIT_DIR": str(root),
-        "JAX_COORDINATOR_PORT": str(free_port())}
-    return ["bash", str(root / "experiments/slurm/train.sbatch"), "forecaster", f"{TINY}:{mini_store}",
-            str(workdir), *overrides], env
+    """experiments/slurm/train.sbatch on ``nodes`` pretend nodes of one task with 2 virtual CPU devices each."""
+    return slurm_job("train.sbatch", nodes, 2, cache, "forecaster", f"{TINY}:{mini_store}", workdir, *overrides)
 
 
 def test_slurm_job_killed_and_resubmitted_equals_one_process(mini_store, tmp_path, uninterrupted):

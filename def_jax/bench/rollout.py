@@ -67,10 +67,16 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
     direct = cfg.diffusion.mode == "direct"
     residual = direct and bool(cfg.diffusion.direct_residual)
     channels = config_channels(cfg)
-    mesh = parallel.make_mesh(cfg.parallel.data_axis, 1)
-    n_data = mesh.shape[parallel.DATA]
+    # the config's mesh: members over `data` (when they split evenly), the grid's rows over `space`
+    mesh = parallel.make_mesh(cfg.parallel.data_axis, cfg.parallel.spatial_axis)
+    parallel.check_spatial(mesh, height)
+    sharded = batch % mesh.shape[parallel.DATA] == 0
+    member_axis = 0 if sharded else None
     rep = parallel.replicated(mesh)
-    lead = parallel.leading_sharding(mesh) if batch % n_data == 0 else rep
+    lead = parallel.leading_sharding(mesh) if sharded else rep
+
+    def field(ndim, y_axis, members=member_axis):
+        return parallel.field_sharding(mesh, ndim, y_axis, members)
     gflops_ref = matmul_gflops()
     log(f"matmul reference: {gflops_ref:.1f} GFLOP/s float32")
     kf = int(cfg.data.history)  # G_φ's input states
@@ -89,12 +95,13 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
     guided_batch = batch * (2 if spec1.guidance == "guided" and conditional == "network" else 1)
     h, w, c = height, width, channels.state
     rng = np.random.default_rng(0)
-    x = jax.device_put(jnp.asarray(rng.normal(size=(batch, h, w, c)), jnp.float32), lead)
-    keys = member_keys(jax.random.PRNGKey(0), jnp.arange(batch, dtype=jnp.int32))
-    states = jnp.broadcast_to(x[:, None], (batch, k, h, w, c))
-    forc = jnp.zeros((batch, k, h, w, channels.forcing), jnp.float32)
-    tf = jnp.zeros((batch, k + 1, channels.time), jnp.float32)
-    st = jnp.zeros((batch, h, w, channels.static), jnp.float32)
+    x_host = rng.normal(size=(batch, h, w, c)).astype(np.float32)
+    x = parallel.put(x_host, field(4, 1))  # [B, H, W, C]
+    keys = parallel.put(np.asarray(member_keys(jax.random.PRNGKey(0), jnp.arange(batch, dtype=jnp.int32))), lead)
+    states = parallel.put(np.broadcast_to(x_host[:, None], (batch, k, h, w, c)), field(5, 2))  # [B, k, H, W, C]
+    forc = parallel.put(np.zeros((batch, k, h, w, channels.forcing), np.float32), field(5, 2))
+    tf = parallel.put(np.zeros((batch, k + 1, channels.time), np.float32), lead)
+    st = parallel.put(np.zeros((batch, h, w, channels.static), np.float32), field(4, 1))
 
     def eps_net(params):
         net = nnx.merge(d_graph, params)
@@ -104,37 +111,43 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
         net = nnx.merge(f_graph, params)
         return lambda s, f, tf, st: net(s, f, tf, st)
 
+    # every program takes its arrays as arguments (a multi-host program cannot close over other hosts' data)
     if direct:  # the condition of one direct step: the past k states, forcings, time features, statics (+ G_φ)
-        forecast = g_fn(f_params)(states[:, k - kf:], forc[:, k - kf:], tf[:, k - kf:], st) if residual else None
-        condition = jax.device_put(direct_condition(states, forc, tf, st, forecast), lead)  # [B, H, W, C_c]
+        def make_condition(fp, states, forc, tf, st):
+            forecast = g_fn(fp)(states[:, k - kf:], forc[:, k - kf:], tf[:, k - kf:], st) if residual else None
+            return direct_condition(states, forc, tf, st, forecast)
 
-        def perturbation(params, x, keys):  # one sample of the next state
-            return sample_members(eps_net(params), sample, schedule, spec1, condition, keys, jnp.float32(lam),
+        condition = jax.jit(make_condition, out_shardings=field(4, 1))(f_params, states, forc, tf, st)  # [B,H,W,C_c]
+
+        def perturbation(params, x, keys, cond):  # one sample of the next state
+            return sample_members(eps_net(params), sample, schedule, spec1, cond, keys, jnp.float32(lam),
                                   x.shape[1:])
         what = "one sample of the next state (direct mode)"
     else:
-        def perturbation(params, x, keys):  # one perturbation walk: B reverse diffusions of S steps
+        condition = def_condition(x)  # DEF's condition is the state itself
+
+        def perturbation(params, x, keys, cond):  # one perturbation walk: B reverse diffusions of S steps
             return perturb(eps_net(params), sample, schedule, spec1, x, keys, jnp.float32(lam))
         what = "one perturbation"
 
     log(f"compiling {what} ({batch} members, {cfg.sampler.name} S={cfg.sampler.steps}, {h}×{w}×{c})...")
-    p_compiled, p_compile_s = _compile(perturbation, d_params, x, keys)
-    jax.block_until_ready(p_compiled(d_params, x, keys))
-    p_s = _median(lambda: p_compiled(d_params, x, keys), repeats)
+    p_args = (d_params, x, keys, condition)
+    p_compiled, p_compile_s = _compile(perturbation, *p_args)
+    jax.block_until_ready(p_compiled(*p_args))
+    p_s = _median(lambda: p_compiled(*p_args), repeats)
     nfe = int(cfg.sampler.steps) + int(cfg.sampler.denoise_to_zero)
 
     # the denoiser alone on the guided batch, G_φ alone on B members
-    xg = jnp.concatenate([x] * (guided_batch // batch))
-    cg = jnp.concatenate([condition] * (guided_batch // batch)) if direct else None
-    d_compiled, _ = _compile(lambda p, xx: eps_net(p)(xx, jnp.float32(500.0), cg if direct else def_condition(xx)),
-                             d_params, xg)
-    jax.block_until_ready(d_compiled(d_params, xg))
-    d_s = _median(lambda: d_compiled(d_params, xg), max(repeats, 5))
+    copies = guided_batch // batch
+    d_args = (d_params, jnp.concatenate([x] * copies), jnp.concatenate([condition] * copies))
+    d_compiled, _ = _compile(lambda p, xx, cc: eps_net(p)(xx, jnp.float32(500.0), cc), *d_args)
+    jax.block_until_ready(d_compiled(*d_args))
+    d_s = _median(lambda: d_compiled(*d_args), max(repeats, 5))
     d_flops = _flops(d_compiled)
-    g_states = states[:, k - kf:]
-    g_compiled, _ = _compile(lambda p, s: g_fn(p)(s, forc[:, k - kf:], tf[:, k - kf:], st), f_params, g_states)
-    jax.block_until_ready(g_compiled(f_params, g_states))
-    g_s = _median(lambda: g_compiled(f_params, g_states), max(repeats, 5))
+    g_args = (f_params, states, forc, tf, st)
+    g_compiled, _ = _compile(lambda p, s, f, t, a: g_fn(p)(s[:, k - kf:], f[:, k - kf:], t[:, k - kf:], a), *g_args)
+    jax.block_until_ready(g_compiled(*g_args))
+    g_s = _median(lambda: g_compiled(*g_args), max(repeats, 5))
     g_flops = _flops(g_compiled)
 
     # the full rollout: L steps × (K walks + G_φ), or L direct samples (+ G_φ in the residual variant)
@@ -145,11 +158,12 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
         r = make_rollout(g_fn(fp), eps_net(dp), sample, schedule, spec, condition_fn=direct_condition)
         return r(states, ids, key, jnp.int32(0), forcings, tfs, statics, jnp.float32(lam))
 
-    ids = jax.device_put(jnp.arange(batch, dtype=jnp.int32), lead)
-    forcings = jnp.zeros((k + lead_steps - 1, h, w, channels.forcing), jnp.float32)
-    tfs = jnp.zeros((k + lead_steps, channels.time), jnp.float32)
-    statics = jnp.zeros((h, w, channels.static), jnp.float32)
-    args = (f_params, d_params, jax.device_put(states, lead), ids, jax.random.PRNGKey(1), forcings, tfs, statics)
+    ids = parallel.put(np.arange(batch, dtype=np.int32), lead)
+    forcings = parallel.put(np.zeros((k + lead_steps - 1, h, w, channels.forcing), np.float32), field(4, 1, None))
+    tfs = parallel.put(np.zeros((k + lead_steps, channels.time), np.float32), rep)
+    statics = parallel.put(np.zeros((h, w, channels.static), np.float32), field(3, 0, None))
+    args = (f_params, d_params, states, ids, parallel.put(np.asarray(jax.random.PRNGKey(1)), rep), forcings, tfs,
+            statics)
     log(f"compiling the rollout ({lead_steps} steps" + (", direct samples)..." if direct else f" × K={walks} walks)..."))
     r_compiled, r_compile_s = _compile(program, *args)
     jax.block_until_ready(r_compiled(*args))
@@ -166,7 +180,8 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
         "nfe": nfe, "members": batch, "guidance_scale": lam, "guided_batch": guided_batch, "walks": walks,
         "shape": [batch, h, w, c], "denoiser_width": int(cfg.denoiser.base_channels),
         "channel_mults": list(cfg.denoiser.channel_mults), "dtype": cfg.denoiser.dtype,
-        "devices": mesh.size, "batch_sharded": lead is not rep,
+        "devices": mesh.size, "batch_sharded": sharded, "spatial_axis": mesh.shape[parallel.SPACE],
+        "processes": jax.process_count(),
         "matmul_gflops_per_s": gflops_ref,
         "compile_s": p_compile_s, "rollout_compile_s": r_compile_s,
         "persistent_cache": bool(jax.config.jax_compilation_cache_dir),

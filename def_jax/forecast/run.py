@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -133,7 +132,12 @@ class Forecaster:
         if self.steps < 1:
             raise UserError(f"config.ensemble.lead_hours={e.lead_hours}: need at least one step of {self.dt} h")
         self.members = int(e.members)
-        self.mesh = parallel.make_mesh(cfg.parallel.data_axis, 1)
+        # the config's whole mesh: members over `data`, the grid's rows over `space`; every process of a
+        # multi-host run computes its devices' part of each chunk, and process 0 writes the files
+        self.mesh = parallel.make_mesh(cfg.parallel.data_axis, cfg.parallel.spatial_axis)
+        parallel.check_spatial(self.mesh, self.inputs.grid_shape[0])
+        self.main = jax.process_index() == 0
+        self._rep = parallel.replicated(self.mesh)
         n_data = self.mesh.shape[parallel.DATA]
         chunk = int(e.member_chunk) or self.members
         self.member_chunk = -(-chunk // n_data) * n_data  # a multiple of the data-axis devices
@@ -142,11 +146,15 @@ class Forecaster:
         for t in inits:  # before loading models: a missing input is found in a second, not after the set-up
             self.inputs.check_available(np.datetime64(t, "ns"), self.steps, pre)
         self.models = load_models(cfg, Path(workdir), self.inputs, self.mesh, log)
-        self.amplitude = jnp.asarray(self.inputs.one_step_std()) if self.ensemble.uses_amplitude else None  # [C]
+        self.amplitude = (parallel.put(self.inputs.one_step_std(), self._rep) if self.ensemble.uses_amplitude
+                          else None)  # [C]
         self._programs: dict[tuple, Callable] = {}
-        self.statics = jnp.asarray(self.inputs.statics())
+        self.statics = parallel.put(self.inputs.statics(), self._field(3, 0))  # [H, W, C_st]
         self._grid = None
         self._inputs_cache: dict[tuple, tuple[jax.Array, jax.Array]] = {}  # this cycle's, by (init, n0, k, L)
+
+    def _field(self, ndim: int, y_axis: int, member_axis: Optional[int] = None):
+        return parallel.field_sharding(self.mesh, ndim, y_axis, member_axis)
 
     # --- programs ------------------------------------------------------------------------------------------------
 
@@ -174,14 +182,14 @@ class Forecaster:
         """The members' input states at the initial time [b, k, H, W, C] (sharded over the data axis)."""
         spec, program = self.initial_program(ensemble)
         n_an, n_f, n_t = initial_inputs(spec)
-        analyses = jnp.asarray(self.inputs.states(init, 1 - n_an, n_an))  # [P+k, H, W, C]
-        forcings = jnp.asarray(self.inputs.forcings(init, 1 - n_an, n_f))  # [P+k−1, H, W, C_f]
-        tf = jnp.asarray(self.inputs.time_features(init, 1 - n_an, n_t))  # [P+k, F]
-        ids = jax.device_put(jnp.asarray(member_ids, jnp.int32), parallel.leading_sharding(self.mesh))
+        analyses = parallel.put(self.inputs.states(init, 1 - n_an, n_an), self._field(4, 1))  # [P+k, H, W, C]
+        forcings = parallel.put(self.inputs.forcings(init, 1 - n_an, n_f), self._field(4, 1))  # [P+k−1, H, W, C_f]
+        tf = parallel.put(self.inputs.time_features(init, 1 - n_an, n_t), self._rep)  # [P+k, F]
+        ids = parallel.put(np.asarray(member_ids, np.int32), parallel.leading_sharding(self.mesh))
         f = self.models.forecaster[1] if self.models.forecaster else None
-        states = program(f, analyses, ids, base_key, forcings, tf, self.statics, jnp.float32(ensemble.scale),
+        states = program(f, analyses, ids, base_key, forcings, tf, self.statics, np.float32(ensemble.scale),
                          self.amplitude)
-        return jax.device_put(states, parallel.leading_sharding(self.mesh))
+        return jax.device_put(states, self._field(5, 2, member_axis=0))
 
     def _chunk_inputs(self, init, n0: int, k: int, lead_steps: int) -> tuple[jax.Array, jax.Array]:
         """Forcings [k+L−1, H, W, C_f] and time features [k+L, F] of a lead chunk, read once per cycle and shared by
@@ -190,25 +198,27 @@ class Forecaster:
         if key not in self._inputs_cache:
             forcings = self.inputs.forcings(init, n0 - k + 1, k + lead_steps - 1)  # [k+L−1, H, W, C_f]
             tf = self.inputs.time_features(init, n0 - k + 1, k + lead_steps)  # [k+L, F]
-            self._inputs_cache[key] = (jnp.asarray(forcings), jnp.asarray(tf))
+            self._inputs_cache[key] = (parallel.put(forcings, self._field(4, 1)), parallel.put(tf, self._rep))
         return self._inputs_cache[key]
 
     def run_chunk(self, states: jax.Array, member_ids: np.ndarray, base_key, init, n0: int, lead_steps: int,
                   deterministic: bool = False, ensemble: Optional[Ensemble] = None) -> tuple[jax.Array, np.ndarray]:
-        """One call: states [b, k, H, W, C] → (states', outputs [L, b, H, W, C] normalized, on the host)."""
+        """One call: states [b, k, H, W, C] → (states', outputs [L, b, H, W, C] normalized, on the host: all of
+        them on every process)."""
         ensemble = ensemble or self.ensemble
         k = states.shape[1]
         forcings, tf = self._chunk_inputs(init, n0, k, lead_steps)
-        sharding = parallel.leading_sharding(self.mesh) if not deterministic else parallel.replicated(self.mesh)
-        states = jax.device_put(states, sharding)
-        ids = jax.device_put(jnp.asarray(member_ids, jnp.int32), sharding)
+        members = None if deterministic else 0  # the deterministic run's one member is on every data device
+        states = jax.device_put(states, self._field(5, 2, member_axis=members))
+        ids = parallel.put(np.asarray(member_ids, np.int32),
+                           self._rep if deterministic else parallel.leading_sharding(self.mesh))
         f = self.models.forecaster[1] if self.models.forecaster else None
         d = self.models.denoiser[1] if self.models.denoiser and not deterministic else None
         program = self.program(lead_steps, deterministic, ensemble)
         amplitude = None if deterministic else self.amplitude
-        states, out = program(f, d, states, ids, base_key, jnp.int32(n0), forcings, tf, self.statics,
-                              jnp.float32(ensemble.scale), amplitude)
-        return states, np.asarray(jax.device_get(out))  # [L, b, H, W, C]
+        states, out = program(f, d, states, ids, base_key, np.int32(n0), forcings, tf, self.statics,
+                              np.float32(ensemble.scale), amplitude)
+        return states, parallel.fetch(out)  # [L, b, H, W, C]
 
     # --- a cycle -------------------------------------------------------------------------------------------------
 
@@ -259,8 +269,8 @@ class Forecaster:
         writer = ForecastWriter(path, init=init, lead_hours=lead_hours, members=self.members,
                                 catalogue=self.inputs.catalogue, grid=self.grid(), thresholds=thresholds,
                                 attrs=self.attrs(init, ensemble),
-                                deterministic=bool(cfg.ensemble.include_deterministic))
-        key = cycle_key(cfg.seed, init)
+                                deterministic=bool(cfg.ensemble.include_deterministic)) if self.main else _NoWriter()
+        key = parallel.put(np.asarray(cycle_key(cfg.seed, init)), self._rep)
         mc, lc = self.member_chunk, self.lead_chunk
         m_chunks = list(range(0, self.members, mc))
         l_chunks = list(range(0, self.steps, lc))
@@ -269,7 +279,7 @@ class Forecaster:
         t_start = time.perf_counter()
         complete = False
         try:
-            with progress(total, f"forecast {forecast_filename(init)[9:-3]}", "chunk") as bar:
+            with progress(total, f"forecast {forecast_filename(init)[9:-3]}", "chunk", enabled=self.main) as bar:
                 for m0 in m_chunks:
                     ids = np.arange(m0, m0 + mc)  # padded to the chunk size: extra members are computed, dropped
                     keep = min(mc, self.members - m0)
@@ -282,7 +292,7 @@ class Forecaster:
                         bar.update(1)
                 if det:
                     k = int(cfg.data.history)
-                    states = jnp.asarray(initial[self.history - k:])[None]  # [1, k, H, W, C]
+                    states = parallel.put(initial[self.history - k:][None], self._field(5, 2))  # [1, k, H, W, C]
                     for n0 in l_chunks:
                         steps = min(lc, self.steps - n0)
                         states, out = self.run_chunk(states, np.zeros(1), key, init, n0, steps, deterministic=True)
@@ -293,9 +303,31 @@ class Forecaster:
         finally:
             final = writer.close(complete)
         seconds = time.perf_counter() - t_start
+        if not self.main:
+            return path
         self.log(f"wrote {final}: {self.members} members × {self.steps} steps of {self.dt:g} h in {seconds:.1f} s "
                  f"({self.members * self.steps / seconds:.2f} member-steps/s, compile included)")
         return final
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+class _NoWriter:
+    """The forecast file of the processes other than 0 in a multi-host run: process 0 writes it."""
+
+    def write_members(self, *args) -> None:
+        pass
+
+    def write_deterministic(self, *args) -> None:
+        pass
+
+    def write_statistics(self) -> None:
+        pass
+
+    def close(self, complete: bool = True) -> None:
+        return None
 
 
 def _ckpt_text(info: Optional[dict]) -> str:
@@ -322,7 +354,11 @@ def forecast(cfg: Any, workdir: Path, out_dir: Path, inits: list[np.datetime64],
              log: Callable = print) -> list[Path]:
     """Run every cycle in ``inits`` (skipping finished files unless ``overwrite``); return the files."""
     out_dir = Path(out_dir)
-    todo = [t for t in inits if overwrite or not (out_dir / forecast_filename(t)).exists()]
+    if jax.process_index() != 0:
+        log = _quiet  # process 0 reports
+    # which cycles are finished, as process 0 sees them (the others may not see its files)
+    done = parallel.agree([not overwrite and (out_dir / forecast_filename(t)).exists() for t in inits])
+    todo = [t for t, d in zip(inits, done) if not d]
     for t in inits:
         if t not in todo:
             log(f"{out_dir / forecast_filename(t)} exists: skipped (--overwrite redoes it)")

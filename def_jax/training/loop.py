@@ -374,6 +374,8 @@ def train(kind: str, cfg: Any, workdir: Path, log: Callable[[str], None] = print
         return {"step": step, "total_steps": run.total_steps}
 
     n_proc, rank = jax.process_count(), jax.process_index()
+    if int(tcfg.eval_batches) > 0:  # validation batches are whole grids on the training mesh: rows over `space`
+        parallel.check_spatial(run.mesh, run.val_source.grid_shape[0])
     if int(tcfg.batch_size) % n_proc:
         raise UserError(f"config.training.{kind}.batch_size={tcfg.batch_size} must be divisible by the "
                         f"{n_proc} processes")
