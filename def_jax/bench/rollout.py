@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from def_jax import parallel
+from def_jax.bench import attention_used, peak_device_memory_gb
 from def_jax.bench.sampler import _flops
 from def_jax.bench.sampler import _median_seconds as _timed
 from def_jax.diffusion.samplers import make_sampler
@@ -197,6 +198,7 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
         "rollout_overhead_pct": 100.0 * (r_s - predicted) / r_s,
         "rollout_member_hours_per_s": batch * lead_steps / r_s,
         "xla_rollout_bytes": xla_bytes, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_device_memory_gb": peak_device_memory_gb(), "attention": attention_used(cfg.denoiser, (h, w)),
         "repeats": repeats,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "backend": jax.default_backend(), "jax": jax.__version__, "devices": mesh.size},
@@ -227,7 +229,9 @@ def format_table(r: dict[str, Any]) -> str:
                     + f": {r['rollout_s']:.3f} s, predicted from the "
                     f"parts {r['rollout_predicted_s']:.3f} s → overhead {r['rollout_overhead_pct']:.1f} %"),
         ("memory", (f"XLA rollout program {r['xla_rollout_bytes'] / 2**20:.0f} MiB; " if r["xla_rollout_bytes"]
-                    else "") + f"process peak {r['peak_rss_mb']:.0f} MB"),
+                    else "") + f"process peak {r['peak_rss_mb']:.0f} MB"
+                   + (f"; device peak {r['peak_device_memory_gb']:.2f} GiB" if r["peak_device_memory_gb"] else "")),
+        ("attention", r["attention"]),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from def_jax import parallel
+from def_jax.bench import attention_used, peak_device_memory_gb
 from def_jax.bench.rollout import matmul_gflops
 from def_jax.bench.sampler import _flops
 from def_jax.errors import UserError
@@ -97,6 +98,8 @@ def bench_model(kind: str, cfg: ml_collections.ConfigDict, *, steps: int = 20, b
         "gflop_per_update": flops / 1e9,
         "achieved_gflops_per_s": flops / median / 1e9,
         "last_loss": loss,
+        "attention": attention_used(cfg["forecaster" if kind == "forecaster" else "denoiser"], sample_shape[-3:-1]),
+        "peak_device_memory_gb": peak_device_memory_gb(),
     }
     log(f"[{kind}] {result['updates_per_s']:.2f} updates/s ({result['samples_per_s']:.1f} samples/s), "
         f"{result['gflop_per_update']:.2f} GFLOP/update")
