@@ -184,6 +184,9 @@ def _base() -> ml_collections.ConfigDict:
     c.ensemble.lead_hours = 24
     c.ensemble.corrector = False  # re-standardize after each solver step (per_sample normalization only)
     c.ensemble.include_deterministic = True  # also run the unperturbed G_φ rollout
+    # forecast files: netcdf (CF NetCDF-4, written by process 0) | zarr (a Zarr store every process writes its own
+    # members and rows into; resumes after a kill at the first unfinished member chunk)
+    c.ensemble.format = "netcdf"
     c.ensemble.member_chunk = 0  # members per device pass (0 = all); a multiple of the data-axis devices
     c.ensemble.lead_chunk = 24  # forecast steps per compiled call (outputs stream to disk after each chunk)
     c.ensemble.checkpoint = "best"  # weights of G_φ and ε_θ for forecasts: best (by validation) | latest

@@ -17,6 +17,7 @@ FORECAST_OVERRIDES = {
     "lead_hours": "ensemble.lead_hours", "members": "ensemble.members", "walks": "ensemble.walks",
     "guidance_scale": "ensemble.guidance_scale", "sampler_steps": "sampler.steps",
     "perturbation": "ensemble.perturbation", "perturbation_scale": "ensemble.perturbation_scale",
+    "format": "ensemble.format",
 }
 
 
@@ -41,6 +42,9 @@ def forecast_define(fv: flags.FlagValues) -> None:
     flags.DEFINE_float("perturbation_scale", None, "Amplitude of gaussian/correlated noise and bred vectors, × each "
                        "channel's one-step-difference std (config.ensemble.perturbation_scale).", flag_values=fv,
                        lower_bound=0.0)
+    flags.DEFINE_enum("format", None, ["netcdf", "zarr"], "Forecast files (config.ensemble.format): CF NetCDF-4, or "
+                      "Zarr stores that every process of a multi-host run writes its part of and that resume after "
+                      "a kill.", flag_values=fv)
     flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/forecasts).", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Redo cycles whose file exists.", flag_values=fv)
 
@@ -91,16 +95,18 @@ def forecast_run(inv: "Invocation") -> int:
 
 
 def _forecast_files(spec: str) -> list[Path]:
-    """A directory (its forecast_*.nc), a file, or a glob → the sorted forecast files; none is a user error."""
+    """A directory (its forecast_*.nc and forecast_*.zarr), a file, or a glob → the sorted forecast files; none is a
+    user error."""
     import glob
 
     from def_jax.errors import UserError
+    from def_jax.forecast.files import forecast_paths
 
     p = Path(spec)
-    files = sorted(p.glob("forecast_*.nc")) if p.is_dir() else sorted(Path(f) for f in glob.glob(spec))
+    files = forecast_paths(p) if p.is_dir() and p.suffix != ".zarr" else sorted(Path(f) for f in glob.glob(spec))
     if not files:
-        raise UserError(f"--forecasts={spec}: no forecast files (expected a directory of forecast_*.nc, a file or a "
-                        f"glob; run def-jax forecast first)")
+        raise UserError(f"--forecasts={spec}: no forecast files (expected a directory of forecast_*.nc or "
+                        f"forecast_*.zarr, a file or a glob; run def-jax forecast first)")
     return files
 
 

@@ -107,6 +107,7 @@ _CHOICES: dict[str, tuple] = {
     "training.diffusion.optimizer": ("adamw", "sgd"),
     "training.diffusion.forecaster_checkpoint": ("best", "latest"),
     "ensemble.checkpoint": ("best", "latest"),
+    "ensemble.format": ("netcdf", "zarr"),
     "evaluation.area_weighting": ("uniform", "map_factor", "coslat"),
     "tuning.criterion": ("spread_skill", "crps"),
 }

@@ -111,6 +111,30 @@ def agree(values: Sequence[bool]) -> list[bool]:
     return [bool(v) for v in np.asarray(agreed)]
 
 
+def barrier(name: str) -> None:
+    """Wait until every process has reached this point (multi-host); nothing in a single process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def write_owners(x: jax.Array) -> list:
+    """The parts of ``x`` this process writes: one (index, local shard data) per distinct index of the array, taken
+    by the process of the lowest-numbered device that holds it, so that replicated parts are written once."""
+    owner: dict = {}
+    for device, index in x.sharding.devices_indices_map(x.shape).items():
+        key = tuple((s.start, s.stop, s.step) for s in index)
+        if key not in owner or device.id < owner[key].id:
+            owner[key] = device
+    mine = []
+    for shard in x.addressable_shards:
+        key = tuple((s.start, s.stop, s.step) for s in shard.index)
+        if owner[key] == shard.device:
+            mine.append((shard.index, shard.data))
+    return mine
+
+
 def global_batch(batch: dict, mesh: jax.sharding.Mesh, batch_axis: int = 0) -> dict:
     """This process's slice of the batch (NumPy) → global jax.Arrays sharded over the mesh (multi-host safe)."""
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, k, np.ndim(v), batch_axis), v)

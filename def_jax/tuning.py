@@ -97,7 +97,7 @@ def tune(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[float], wal
     Finished forecast files of a setting are reused (the same settings make the same file)."""
     from def_jax.evaluation.evaluate import evaluate
     from def_jax.forecast.ensemble import Ensemble
-    from def_jax.forecast.netcdf import forecast_filename
+    from def_jax.forecast.files import forecast_filename
     from def_jax.forecast.run import Forecaster
 
     if by not in CRITERIA:
@@ -124,7 +124,7 @@ def tune(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[float], wal
         for ens in settings:
             tag = setting_tag(kind, k, ens.scale)
             folder = out_dir / tag / "forecasts"
-            files = [folder / forecast_filename(t) for t in inits]
+            files = [folder / forecast_filename(t, str(c.ensemble.format)) for t in inits]
             log(f"tune: {ens.describe()} on {len(inits)} validation cycle(s)")
             for t, path, done in zip(inits, files, parallel.agree([f.exists() for f in files])):
                 if done:

@@ -12,7 +12,7 @@ import xarray as xr
 from tiny_config import learning_config
 
 from def_jax.errors import UserError
-from def_jax.forecast.netcdf import ForecastWriter, forecast_filename
+from def_jax.forecast.files import NetCDFFile, forecast_filename
 from def_jax.forecast.run import forecast
 
 EXE = str(Path(sys.executable).parent / "def-jax")
@@ -67,20 +67,25 @@ def test_cli_writes_cf_netcdf_that_xarray_opens(cli_forecasts, mini_store):
 
 
 def data_variables(path):
-    """Every data variable of a forecast file (NumPy), for comparing two runs."""
-    with xr.open_dataset(path) as ds:
+    """Every data variable of a forecast file, NetCDF or Zarr (NumPy), for comparing two runs."""
+    from def_jax.forecast.files import open_forecast
+
+    with open_forecast(path) as ds:
         return {name: ds[name].values for name in ds.data_vars if name != "crs"}
 
 
 def test_a_spatial_mesh_gives_the_member_sharded_forecast(cli_forecasts, mini_store, trained_workdir, tmp_path):
     """(data 1 × space 4): each member's fields split by rows over the 4 devices, XLA exchanging the halos of the
     convolutions and the partial sums of GroupNorm and attention, equal the (4 × 1) run of the command line, where
-    each member is whole on one device (to float32 summation order)."""
+    each member is whole on one device (to float32 summation order). Written as a Zarr store, each device's rows
+    separately."""
     workdir, _ = trained_workdir
     cfg = config(mini_store)
     cfg.parallel.data_axis, cfg.parallel.spatial_axis = 1, 4
+    cfg.ensemble.format = "zarr"
     path = forecast(cfg, workdir, tmp_path, [np.datetime64(INIT)], log=lambda m: None)[0]
-    reference = data_variables(cli_forecasts[0] / path.name)
+    assert path.name == "forecast_20240602T16.zarr" and path.is_dir()
+    reference = data_variables(cli_forecasts[0] / "forecast_20240602T16.nc")
     got = data_variables(path)
     assert set(got) == set(reference)
     for name, values in reference.items():
@@ -94,8 +99,14 @@ def test_a_spatial_mesh_gives_the_member_sharded_forecast(cli_forecasts, mini_st
         # order, through 3 hours of walks and G_φ steps (measured: up to 2.6e-4)
         scale = np.nanstd(reference[base if suffix in ("mean", "std", "deterministic") else name])
         np.testing.assert_allclose(got[name], values, rtol=0, atol=1e-3 * scale + 1e-6, err_msg=name)
-    from def_jax import parallel
+    import pandas as pd
 
+    from def_jax import parallel
+    from def_jax.evaluation.evaluate import evaluate
+
+    result = evaluate([path], mini_store, tmp_path / "evaluation", config=cfg, log=lambda m: None)  # reads Zarr
+    scores = pd.read_csv(result["tables"]["scores"])
+    assert set(scores.system) >= {"def", "deterministic"} and np.isfinite(scores[scores.score == "crps"].value).all()
     with pytest.raises(UserError, match="spatial_axis=4 must divide the grid's 30 rows"):  # e.g. a 30-row region
         parallel.check_spatial(parallel.make_mesh(1, 4), 30)
 
@@ -124,6 +135,37 @@ def test_a_two_node_slurm_forecast_writes_the_one_process_files(cli_forecasts, m
     job, env = slurm_job("forecast.sbatch", 2, 2, "", f"{TINY}:{mini_store}", workdir, *flags, f"--out={tmp_path}")
     again = subprocess.run(job, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("exists: skipped") == 2, again.stderr[-2000:]
+
+
+def test_a_killed_zarr_forecast_resumes(mini_store, trained_workdir, tmp_path, monkeypatch):
+    """A Zarr forecast on a (2 × 2) mesh (members and rows split) that fails after its first of two member chunks
+    keeps its partial store; run again, it computes only the second chunk, and the store equals an uninterrupted
+    run's, value for value."""
+    from def_jax.forecast import files
+
+    workdir, _ = trained_workdir
+    cfg = config(mini_store, members=4, member_chunk=2, lead_hours=2)
+    cfg.ensemble.format = "zarr"
+    cfg.parallel.data_axis, cfg.parallel.spatial_axis = 2, 2
+    full = forecast(cfg, workdir, tmp_path / "full", [np.datetime64(INIT)], log=lambda m: None)[0]
+    record = files.ZarrFile.record
+
+    def killed_after_the_first(self, **what):
+        record(self, **what)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(files.ZarrFile, "record", killed_after_the_first)
+    with pytest.raises(RuntimeError, match="killed"):
+        forecast(cfg, workdir, tmp_path / "killed", [np.datetime64(INIT)], log=lambda m: None)
+    assert (tmp_path / "killed" / f"{full.name}.partial").is_dir() and not (tmp_path / "killed" / full.name).exists()
+    monkeypatch.setattr(files.ZarrFile, "record", record)
+    logs = []
+    resumed = forecast(cfg, workdir, tmp_path / "killed", [np.datetime64(INIT)], log=logs.append)[0]
+    assert any("resuming, 1 of 2 member chunk(s) written" in m for m in logs), logs
+    reference, got = data_variables(full), data_variables(resumed)
+    assert set(got) == set(reference)
+    for name, values in reference.items():
+        np.testing.assert_array_equal(got[name], values, err_msg=name)
 
 
 def test_launch_multihost_starts_jax_distributed_for_a_forecast(mini_store, trained_workdir, tmp_path):
@@ -195,9 +237,12 @@ def test_user_errors_name_the_problem(mini_store, trained_workdir, tmp_path):
     assert not list(tmp_path.glob("*.nc*"))
 
 
-def test_netcdf_round_trip(tmp_path, mini_store):
-    """The writer's slabs, statistics and CF metadata read back through xarray unchanged."""
+@pytest.mark.parametrize("fmt", ["netcdf", "zarr"])
+def test_forecast_file_round_trip(tmp_path, mini_store, fmt):
+    """Either format's slabs (the Zarr one also by halves of the rows, as two processes of a (1 × 2) mesh write them),
+    statistics and CF metadata read back through xarray unchanged; NetCDF and Zarr hold the same dataset."""
     from def_jax.catalogue import load_catalogue
+    from def_jax.forecast.files import ZarrFile, open_forecast
 
     cat = load_catalogue("hrrr_expanded", (500.0, 850.0))
     grid_ds = xr.open_zarr(mini_store, consolidated=False)
@@ -206,17 +251,20 @@ def test_netcdf_round_trip(tmp_path, mini_store):
     rng = np.random.default_rng(0)
     c = cat.num_channels("state")
     data = rng.normal(size=(4, 3, 32, 32, c)).astype(np.float32)  # [L, B, H, W, C]
-    w = ForecastWriter(tmp_path / forecast_filename(init), init=init, lead_hours=[1, 2, 3, 4], members=3,
-                       catalogue=cat, grid=grid, thresholds={"refc": (0.5,)}, attrs={"walks": 2, "x": {"a": 1}},
-                       deterministic=True)
-    w.write_members(slice(0, 2), slice(0, 4), data[:, :2])
-    w.write_members(slice(2, 3), slice(0, 2), data[:2, 2:])
-    w.write_members(slice(2, 3), slice(2, 4), data[2:, 2:])
-    w.write_deterministic(slice(0, 4), data[:, 0])
+    kw = dict(init=init, lead_hours=[1, 2, 3, 4], members=3, catalogue=cat, grid=grid, thresholds={"refc": (0.5,)},
+              attrs={"walks": 2, "x": {"a": 1}}, deterministic=True)
+    path = tmp_path / forecast_filename(init, fmt)
+    w = NetCDFFile(path, **kw) if fmt == "netcdf" else ZarrFile(path, create=True, rows=16, **kw)
+    halves = [slice(0, 32)] if fmt == "netcdf" else [slice(0, 16), slice(16, 32)]
+    for rows in halves:
+        w.write_members(slice(0, 2), slice(0, 4), data[:, :2, rows], rows=rows)
+        w.write_members(slice(2, 3), slice(0, 2), data[:2, 2:, rows], rows=rows)
+        w.write_members(slice(2, 3), slice(2, 4), data[2:, 2:, rows], rows=rows)
+        w.write_deterministic(slice(0, 4), data[:, 0, rows], rows=rows)
     w.write_statistics()
-    assert not (tmp_path / "forecast_20240601T06.nc").exists()  # only the .partial until closed
-    path = w.close()
-    ds = xr.open_dataset(path)
+    assert not path.exists()  # only the .partial until closed
+    assert w.close() == path
+    ds = open_forecast(path)
     names = cat.channels("state")
     t850 = names.index("t850")
     np.testing.assert_array_equal(ds.t.sel(level=850.0).values[0], np.moveaxis(data[..., t850], 0, 1))
@@ -225,6 +273,9 @@ def test_netcdf_round_trip(tmp_path, mini_store):
     np.testing.assert_allclose(ds.refc_probability.values[0, 0], (data[..., names.index("refc")] >= 0.5).mean(1))
     assert ds.attrs["walks"] == 2 and json.loads(ds.attrs["x"]) == {"a": 1}
     assert ds.lead_time.attrs["units"] == "hours" and ds.level.attrs["units"] == "hPa"
+    assert ds.init_time.values[0] == init and ds.valid_time.values[0, -1] == init + np.timedelta64(4, "h")
+    assert ds.t2m.dims == ("init_time", "member", "lead_time", "y", "x")
+    assert ds.crs.attrs["grid_mapping_name"] == "lambert_conformal_conic"
 
 
 def _rss_after_each_chunk(store, workdir, out, lead_hours, members):
@@ -233,13 +284,13 @@ def _rss_after_each_chunk(store, workdir, out, lead_hours, members):
         "import sys, numpy as np, psutil\n"
         "sys.path.insert(0, %r)\n"
         "from test_forecast import config\n"
-        "from def_jax.forecast import netcdf\n"
+        "from def_jax.forecast import files\n"
         "from def_jax.forecast.run import forecast\n"
-        "rss, write = [], netcdf.ForecastWriter.write_members\n"
-        "def measured(self, *a):\n"
-        "    write(self, *a)\n"
+        "rss, write = [], files.NetCDFFile.write_members\n"
+        "def measured(self, *a, **k):\n"
+        "    write(self, *a, **k)\n"
         "    rss.append(psutil.Process().memory_info().rss / 2**20)\n"
-        "netcdf.ForecastWriter.write_members = measured\n"
+        "files.NetCDFFile.write_members = measured\n"
         "cfg = config(%r, members=%d, member_chunk=%d, walks=1, lead_hours=%d, lead_chunk=12,\n"
         "             include_deterministic=False)\n"
         "cfg.sampler.steps = 1; cfg.sampler.order = 1\n"

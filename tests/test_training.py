@@ -226,7 +226,7 @@ def test_slurm_job_killed_and_resubmitted_equals_one_process(mini_store, tmp_pat
     kill_after_first_checkpoint(proc, tmp_path / "job" / "forecaster")
     assert no_process_left(proc.pid)
     command, env = sbatch(mini_store, tmp_path / "job", 2, cache, *RESUMABLE)  # resubmitted: a new coordinator port
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-3000:]
     assert "jax.distributed: SLURM launch, process 0 of 2 (one process per node, driving all of its devices); " \

@@ -1,7 +1,7 @@
 """``def-jax evaluate``: forecast files (docs/FORECASTS.md) against the store's truth (docs/DATA.md) → CSV tables.
 
 One forecast file (cycle) at a time, one field (variable, level, lead) at a time: a field's members [M, Y, X] are read
-from the NetCDF file, its truth from the store slot of its valid time. Leads whose valid time is not written in the
+from the forecast file (NetCDF or Zarr), its truth from the store slot of its valid time. Leads whose valid time is not written in the
 store are skipped (and counted). Systems:
 
 * the ensemble members, as the file's ensemble system: ``direct`` when its ``mode`` starts with ``direct``, else its
@@ -61,10 +61,10 @@ from def_jax.evaluation.tables import (  # noqa: F401  (the column contracts are
     spread_error_rows,
     write_csv,
 )
+from def_jax.forecast.files import FORMAT_VERSION, open_forecast
 from def_jax.geo import LambertConformal
 from def_jax.progress import progress
 
-FORMAT_VERSION = 1
 WEIGHTINGS = ("uniform", "map_factor", "coslat")
 EVENT_PROBABILITY = 0.5  # an ensemble forecasts "yes" (CSI, POD, FAR) where at least half of its members exceed
 
@@ -285,12 +285,13 @@ def ensemble_system(path: Path, attrs: dict) -> str:
 
 def _open_forecast(path: Path, truth: Truth) -> xr.Dataset:
     """Open a forecast file lazily and check that it is one, on the store's grid."""
-    if not path.is_file():
+    if not (path.is_file() or (path.suffix == ".zarr" and path.is_dir())):
         raise UserError(f"{path}: forecast file not found")
     try:
-        fds = xr.open_dataset(path, engine="netcdf4", decode_timedelta=False)
+        fds = open_forecast(path)
     except Exception as err:
-        raise UserError(f"{path}: cannot be opened as NetCDF: {str(err).splitlines()[0]}") from None
+        raise UserError(f"{path}: cannot be opened as a forecast file (NetCDF or Zarr): "
+                        f"{str(err).splitlines()[0]}") from None
     try:
         version = fds.attrs.get("def_jax_forecast")
         if version is None:

@@ -27,7 +27,7 @@ from def_jax.diffusion.schedules import make_schedule
 from def_jax.errors import UserError
 from def_jax.forecast.ensemble import Ensemble
 from def_jax.forecast.inputs import ForecastInputs
-from def_jax.forecast.netcdf import ForecastWriter, forecast_filename
+from def_jax.forecast.files import NetCDFFile, ZarrFile, forecast_filename
 from def_jax.forecast.rollout import InitialSpec, RolloutSpec, initial_inputs, make_initial, make_rollout
 from def_jax.models.networks import direct_condition
 from def_jax.progress import progress
@@ -202,9 +202,10 @@ class Forecaster:
         return self._inputs_cache[key]
 
     def run_chunk(self, states: jax.Array, member_ids: np.ndarray, base_key, init, n0: int, lead_steps: int,
-                  deterministic: bool = False, ensemble: Optional[Ensemble] = None) -> tuple[jax.Array, np.ndarray]:
-        """One call: states [b, k, H, W, C] → (states', outputs [L, b, H, W, C] normalized, on the host: all of
-        them on every process)."""
+                  deterministic: bool = False, ensemble: Optional[Ensemble] = None, gather: bool = True
+                  ) -> tuple[jax.Array, Any]:
+        """One call: states [b, k, H, W, C] → (states', outputs [L, b, H, W, C] normalized: on the host, all of them
+        on every process, or with ``gather`` False the global array as the mesh holds it)."""
         ensemble = ensemble or self.ensemble
         k = states.shape[1]
         forcings, tf = self._chunk_inputs(init, n0, k, lead_steps)
@@ -218,7 +219,7 @@ class Forecaster:
         amplitude = None if deterministic else self.amplitude
         states, out = program(f, d, states, ids, base_key, np.int32(n0), forcings, tf, self.statics,
                               np.float32(ensemble.scale), amplitude)
-        return states, parallel.fetch(out)  # [L, b, H, W, C]
+        return states, (parallel.fetch(out) if gather else out)  # [L, b, H, W, C]
 
     # --- a cycle -------------------------------------------------------------------------------------------------
 
@@ -232,7 +233,8 @@ class Forecaster:
             **ensemble.settings(), "sampler": s.name, "sampler_steps": int(s.steps),
             "sampler_order": int(s.order), "sampler_method": s.method, "sampler_spacing": s.spacing,
             "schedule": cfg.diffusion.schedule, "diffusion_steps": int(cfg.diffusion.num_steps),
-            "dt_hours": self.dt, "seed": int(cfg.seed),
+            "dt_hours": self.dt, "seed": int(cfg.seed), "member_chunk": self.member_chunk,
+            "lead_chunk": self.lead_chunk,
             "forecaster_checkpoint": _ckpt_text(info.get("forecaster")),
             "denoiser_checkpoint": _ckpt_text(info.get("denoiser")),
             "store": str(Path(cfg.data.store).absolute()), "config": config_dict(cfg),
@@ -259,55 +261,114 @@ class Forecaster:
             raise ValueError(f"run_cycle: a {ensemble.kind} ensemble of {ensemble.members} members on a forecaster "
                              f"set up for {self.ensemble.kind} with {self.ensemble.members}")
         init = np.datetime64(init, "ns")
-        path = Path(out_dir) / forecast_filename(init)
+        fmt = str(cfg.ensemble.format)
+        path = Path(out_dir) / forecast_filename(init, fmt)
         self._inputs_cache.clear()  # forcings of the previous cycle
         # fails early, naming the time, if anything is unwritten
         self.inputs.check_available(init, self.steps, ensemble.pre_steps)
         initial = self.inputs.initial_states(init)  # [k, H, W, C]
-        lead_hours = self.dt * (1 + np.arange(self.steps))
-        thresholds = {"refc": tuple(cfg.evaluation.refc_thresholds), "cape": tuple(cfg.evaluation.cape_thresholds)}
-        writer = ForecastWriter(path, init=init, lead_hours=lead_hours, members=self.members,
-                                catalogue=self.inputs.catalogue, grid=self.grid(), thresholds=thresholds,
-                                attrs=self.attrs(init, ensemble),
-                                deterministic=bool(cfg.ensemble.include_deterministic)) if self.main else _NoWriter()
         key = parallel.put(np.asarray(cycle_key(cfg.seed, init)), self._rep)
         mc, lc = self.member_chunk, self.lead_chunk
         m_chunks = list(range(0, self.members, mc))
         l_chunks = list(range(0, self.steps, lc))
         det = bool(cfg.ensemble.include_deterministic)
+        writer, done, det_done = self._open_file(path, fmt, init, ensemble, m_chunks)
         total = len(m_chunks) * len(l_chunks) + (len(l_chunks) if det else 0)
         t_start = time.perf_counter()
         complete = False
         try:
-            with progress(total, f"forecast {forecast_filename(init)[9:-3]}", "chunk", enabled=self.main) as bar:
-                for m0 in m_chunks:
+            with progress(total, f"forecast {path.stem[9:]}", "chunk", enabled=self.main) as bar:
+                for m0, finished in zip(m_chunks, done):
+                    if finished:  # a resumed Zarr store: this member chunk is written
+                        bar.update(len(l_chunks))
+                        continue
                     ids = np.arange(m0, m0 + mc)  # padded to the chunk size: extra members are computed, dropped
                     keep = min(mc, self.members - m0)
                     states = self.initial_states(ensemble, init, ids, key)  # [mc, k, H, W, C]
                     for n0 in l_chunks:
                         steps = min(lc, self.steps - n0)
-                        states, out = self.run_chunk(states, ids, key, init, n0, steps, ensemble=ensemble)
-                        writer.write_members(slice(m0, m0 + keep), slice(n0, n0 + steps),
-                                             self.inputs.to_physical(out[:, :keep]))
+                        states, out = self.run_chunk(states, ids, key, init, n0, steps, ensemble=ensemble,
+                                                     gather=fmt == "netcdf")
+                        self._write(writer, out, m0, keep, n0)
                         bar.update(1)
-                if det:
+                    self._record(writer, fmt, member_chunk=m0)
+                if det and not det_done:
                     k = int(cfg.data.history)
                     states = parallel.put(initial[self.history - k:][None], self._field(5, 2))  # [1, k, H, W, C]
                     for n0 in l_chunks:
                         steps = min(lc, self.steps - n0)
-                        states, out = self.run_chunk(states, np.zeros(1), key, init, n0, steps, deterministic=True)
-                        writer.write_deterministic(slice(n0, n0 + steps), self.inputs.to_physical(out[:, 0]))
+                        states, out = self.run_chunk(states, np.zeros(1), key, init, n0, steps, deterministic=True,
+                                                     gather=fmt == "netcdf")
+                        self._write(writer, out, None, 1, n0)
                         bar.update(1)
-            writer.write_statistics()
+                    self._record(writer, fmt, deterministic=True)
+            parallel.barrier(f"{path.name}: members written")
+            if self.main:
+                writer.write_statistics()
             complete = True
         finally:
-            final = writer.close(complete)
+            final = writer.close(complete) if self.main else None
         seconds = time.perf_counter() - t_start
         if not self.main:
             return path
         self.log(f"wrote {final}: {self.members} members × {self.steps} steps of {self.dt:g} h in {seconds:.1f} s "
                  f"({self.members * self.steps / seconds:.2f} member-steps/s, compile included)")
         return final
+
+    def _open_file(self, path: Path, fmt: str, init, ensemble: Ensemble, m_chunks: list[int]):
+        """The cycle's file (NetCDF: process 0's only; Zarr: every process's, resumed when a killed run left one
+        with the same settings), which member chunks are written and whether the deterministic run is."""
+        cfg = self.cfg
+        kw = dict(init=init, lead_hours=self.dt * (1 + np.arange(self.steps)), members=self.members,
+                  catalogue=self.inputs.catalogue, grid=self.grid(), attrs=self.attrs(init, ensemble),
+                  thresholds={"refc": tuple(cfg.evaluation.refc_thresholds),
+                              "cape": tuple(cfg.evaluation.cape_thresholds)},
+                  deterministic=bool(cfg.ensemble.include_deterministic))
+        if fmt == "netcdf":
+            return (NetCDFFile(path, **kw) if self.main else _NoWriter()), [False] * len(m_chunks), False
+        progress_ = ZarrFile.resumable(path, kw["attrs"]) if self.main else None
+        state = parallel.agree([progress_ is not None]
+                               + [m0 in (progress_ or {}).get("done_member_chunks", []) for m0 in m_chunks]
+                               + [bool((progress_ or {}).get("deterministic_done"))])
+        resume, done, det_done = state[0], state[1:-1], state[-1]
+        rows = self.inputs.grid_shape[0] // self.mesh.shape[parallel.SPACE]  # one device's rows per chunk
+        writer = ZarrFile(path, create=not resume, rows=rows, **kw) if self.main else None
+        parallel.barrier(f"{path.name}: created")
+        if not self.main:
+            writer = ZarrFile(path, create=False, rows=rows, **kw)
+        if resume:
+            self.log(f"{path.name}.partial: resuming, {sum(done)} of {len(m_chunks)} member chunk(s) written")
+        return writer, done, det_done
+
+    def _write(self, writer, out, m0: Optional[int], keep: int, n0: int) -> None:
+        """One chunk's output into the file: ``out`` [L, b, H, W, C] normalized, gathered on the host (NetCDF,
+        written by process 0) or a global array whose parts each process writes (Zarr); ``m0`` None: the
+        deterministic run."""
+        if isinstance(writer, _NoWriter):
+            return
+        parts = [((slice(None),) * 5, out)] if isinstance(out, np.ndarray) else parallel.write_owners(out)
+        for index, data in parts:
+            lead, member, rows = index[0], index[1], index[2]
+            data = np.asarray(data)  # [l, b, h, W, C]
+            b0 = member.start or 0
+            count = max(0, min(data.shape[1], keep - b0))
+            if count == 0:  # padding members only
+                continue
+            l0 = n0 + (lead.start or 0)
+            leads = slice(l0, l0 + data.shape[0])
+            physical = self.inputs.to_physical(data[:, :count])
+            if m0 is None:
+                writer.write_deterministic(leads, physical[:, 0], rows=rows)
+            else:
+                writer.write_members(slice(m0 + b0, m0 + b0 + count), leads, physical, rows=rows)
+
+    def _record(self, writer, fmt: str, **what) -> None:
+        """Zarr: once every process has written, process 0 marks the member chunk / deterministic run complete."""
+        if fmt != "zarr":
+            return
+        parallel.barrier("chunk written")
+        if self.main:
+            writer.record(**what)
 
 
 def _quiet(message: str) -> None:
@@ -317,10 +378,10 @@ def _quiet(message: str) -> None:
 class _NoWriter:
     """The forecast file of the processes other than 0 in a multi-host run: process 0 writes it."""
 
-    def write_members(self, *args) -> None:
+    def write_members(self, *args, **kw) -> None:
         pass
 
-    def write_deterministic(self, *args) -> None:
+    def write_deterministic(self, *args, **kw) -> None:
         pass
 
     def write_statistics(self) -> None:
@@ -357,13 +418,14 @@ def forecast(cfg: Any, workdir: Path, out_dir: Path, inits: list[np.datetime64],
     if jax.process_index() != 0:
         log = _quiet  # process 0 reports
     # which cycles are finished, as process 0 sees them (the others may not see its files)
-    done = parallel.agree([not overwrite and (out_dir / forecast_filename(t)).exists() for t in inits])
+    fmt = str(cfg.ensemble.format)
+    done = parallel.agree([not overwrite and (out_dir / forecast_filename(t, fmt)).exists() for t in inits])
     todo = [t for t, d in zip(inits, done) if not d]
     for t in inits:
         if t not in todo:
-            log(f"{out_dir / forecast_filename(t)} exists: skipped (--overwrite redoes it)")
+            log(f"{out_dir / forecast_filename(t, fmt)} exists: skipped (--overwrite redoes it)")
     if not todo:
-        return [out_dir / forecast_filename(t) for t in inits]
+        return [out_dir / forecast_filename(t, fmt) for t in inits]
     runner = Forecaster(cfg, workdir, log, inits=tuple(todo))
     sampler = f", sampler {cfg.sampler.name} S={cfg.sampler.steps}" if runner.ensemble.uses_denoiser else ""
     log(f"{runner.members} members (chunks of {runner.member_chunk} over {runner.mesh.shape[parallel.DATA]} "
@@ -371,4 +433,4 @@ def forecast(cfg: Any, workdir: Path, out_dir: Path, inits: list[np.datetime64],
         f"{runner.ensemble.describe()}{sampler}")
     for t in todo:
         runner.run_cycle(t, out_dir)
-    return [out_dir / forecast_filename(t) for t in inits]
+    return [out_dir / forecast_filename(t, fmt) for t in inits]

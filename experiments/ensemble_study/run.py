@@ -16,10 +16,15 @@ interruption. Stages, with WORKDIR = W:
 5. test forecasts at the chosen settings, from initial times ``EVERY`` hours apart over the test period: DEF for
    every seed (the seed changes ε_θ and the walks' draws), the baselines, which do not use ε_θ, for the first seed →
    ``W/sS/<ensemble>/forecasts``, and ``evaluate`` → ``W/sS/<ensemble>/evaluation``;
-6. ``summarize.py W`` → ``W/RESULTS_tables.md`` (the tables of docs/RESULTS.md) and ``plot`` of all ensembles.
+6. ``summarize.py W`` → ``W/RESULTS_tables.md`` (the tables of docs/RESULTS.md) and ``plot`` of all ensembles;
+7. with ``GSEEDS`` beyond the first: for each further G_φ seed g, ``W/gseed<g>`` holds a G_φ trained with seed g, an
+   ε_θ of the first ε_θ seed trained with it, and every ensemble at the chosen settings (not tuned again) over the same
+   test cycles, evaluated; ``summarize.py`` then tables the ensembles' ranking per G_φ seed (does G_φ's seed change
+   which ensemble wins?).
 
 Independent jobs (the seeds' training, the forecasts and evaluations) run two at a time, each pinned to one core.
-Environment: SEEDS (default "0 1 2"), EVERY (hours between test cycles, 30: 11 cycles whose initial times go round
+Environment: SEEDS (ε_θ seeds, default "0 1 2"), GSEEDS (G_φ seeds, default "0": the first is the study's G_φ;
+``GSEEDS="0 1 2"`` adds stage 7, about an hour more), EVERY (hours between test cycles, 30: 11 cycles whose initial times go round
 00, 06, 12 and 18 UTC), JOBS (parallel jobs, 2).
 """
 
@@ -121,6 +126,7 @@ def setting_overrides(row: dict) -> list[str]:
 def main() -> int:
     w = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/ensemble_study").absolute()
     seeds = [int(s) for s in os.environ.get("SEEDS", "0 1 2").split()]
+    gseeds = [int(s) for s in os.environ.get("GSEEDS", "0").split()]
     every = int(os.environ.get("EVERY", "30"))
     width = int(os.environ.get("JOBS", "2"))
     w.mkdir(parents=True, exist_ok=True)
@@ -219,6 +225,35 @@ def main() -> int:
         shutil.rmtree(w / "plots")
     run([DJ, "plot", *c, f"--evaluation={evals}", "--variables=refc,t2m,u10,z500",
          f"--forecasts={w / f's{seeds[0]}' / 'def' / 'forecasts'}", f"--out={w / 'plots'}"], w / "logs" / "plot.log")
+    if gseeds[1:]:
+        s0 = seeds[0]
+        log(f"7. G_φ seeds {gseeds[1:]}: G_φ, ε_θ seed {s0}, every ensemble at the chosen settings")
+        g_jobs, d_jobs, f_jobs, e_jobs = [], [], [], []
+        for g in gseeds[1:]:
+            gw = w / f"gseed{g}"
+            (gw / f"s{s0}").mkdir(parents=True, exist_ok=True)
+            if not (gw / f"s{s0}" / "forecaster").exists():
+                (gw / f"s{s0}" / "forecaster").symlink_to(gw / "g" / "forecaster")
+            g_jobs.append(([DJ, "train-forecaster", *c, f"--workdir={gw / 'g'}", f"--config.seed={g}"],
+                           w / "logs" / f"forecaster_g{g}.log"))
+            d_jobs.append(([DJ, "train-diffusion", *c, f"--workdir={gw / f's{s0}'}", f"--config.seed={s0}"],
+                           w / "logs" / f"diffusion_g{g}_s{s0}.log"))
+            for kind in ENSEMBLES:
+                d = gw / f"s{s0}" / kind
+                f_jobs.append(([DJ, "forecast", *c, f"--workdir={gw / f's{s0}'}", f"--config.seed={s0}",
+                                *setting_overrides(settings[kind]), f"--init={init_text}", f"--cycles={len(inits)}",
+                                f"--every={every}", f"--out={d / 'forecasts'}"],
+                               w / "logs" / f"forecast_g{g}_{kind}.log"))
+                if not (d / "evaluation" / "scores.csv").exists():
+                    e_jobs.append(([DJ, "evaluate", *c, f"--forecasts={d / 'forecasts'}",
+                                    f"--out={d / 'evaluation'}"], w / "logs" / f"evaluate_g{g}_{kind}.log"))
+        for jobs in (g_jobs, d_jobs, f_jobs, e_jobs):  # the seeds side by side, one per core
+            parallel(jobs, width)
+        with open(w / "RESULTS_tables.md", "w") as out:
+            if subprocess.run([sys.executable, str(CONFIG.parent / "summarize.py"), str(w)], stdout=out,
+                              cwd=ROOT).returncode:
+                raise SystemExit("summarize.py failed")
+
     log(f"done in {(time.time() - t0) / 60:.1f} min: {w / 'RESULTS_tables.md'}, {w / 'plots'}")
     return 0
 

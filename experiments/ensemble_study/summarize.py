@@ -225,8 +225,33 @@ def main() -> int:
         for kind in kinds:
             name = var + (f"{level:g}" if level is not None else "")
             out += [f"**{name}, {kind}** ({units})", ""] + spread_error_table(study, kind, var, level)
+    out += gphi_seed_table(w)
     print("\n".join(out))
     return 0
+
+
+def gphi_seed_table(w: Path) -> list[str]:
+    """CRPS ÷ deterministic MAE per ensemble and lead for the study's G_φ and each further G_φ seed (run.py stage 7:
+    ``W/gseed<g>``), with each lead's ranking: does the forecaster's training seed change which ensemble wins?"""
+    studies = {0: Study(w)} | {int(p.name[5:]): Study(p) for p in sorted(w.glob("gseed[0-9]*"))
+                                if any(p.glob("s*/*/evaluation/scores_by_cycle.csv"))}
+    if len(studies) < 2:
+        return []
+    out = ["## G_φ seeds: CRPS ÷ deterministic MAE and the ranking of the ensembles", "",
+           "G_φ seed 0 is the study's (its ε_θ seeds pooled); every further seed has its own G_φ and one ε_θ (the first "
+           "ε_θ seed) and runs every ensemble at the settings chosen with seed 0's models. Each seed on its own "
+           "test cycles' scores (its deterministic run is its own G_φ's).", "",
+           "| lead (h) | G_φ seed | " + " | ".join(ENSEMBLES) + " | ranking (best first) |",
+           "| ---: | ---: | " + " | ".join("---:" for _ in ENSEMBLES) + " | --- |"]
+    for lead in LEADS:
+        for g, study in studies.items():
+            values = {k: channel_means(study, k, lead).get("crps_over_deterministic_mae") for k in ENSEMBLES
+                      if k in study.stats}
+            ranked = sorted((v[0], k) for k, v in values.items() if v)
+            out.append(f"| {lead} | {g} | " + " | ".join(fmt(*values[k]) if values.get(k) else "–"
+                                                      for k in ENSEMBLES)
+                       + " | " + " > ".join(k for _, k in ranked) + " |")
+    return out + [""]
 
 
 if __name__ == "__main__":

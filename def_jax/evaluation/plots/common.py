@@ -255,10 +255,10 @@ def _parse_key(token: str, available: list[Key]) -> Optional[Key]:
 
 
 def open_forecast(path: Path):
-    import xarray as xr
+    from def_jax.forecast.files import open_forecast as open_file  # the forecast file format's one reader
 
     try:
-        return xr.open_dataset(path, engine="netcdf4", decode_timedelta=False)
+        return open_file(path)
     except Exception as err:
         raise UserError(f"forecast file {path}: cannot be opened: {str(err).splitlines()[0]}") from None
 

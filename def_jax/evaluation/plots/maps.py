@@ -15,6 +15,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 
 from def_jax.errors import UserError
+from def_jax.forecast.files import forecast_paths
 from def_jax.evaluation.plots.common import LABELS, Key, VariableMeta, key_name, num, open_forecast
 
 MAP_VARIABLES = ("refc", "t2m")
@@ -27,12 +28,12 @@ _NON_LEVEL_DIMS = ("init_time", "member", "lead_time", "time", "y", "x")
 
 
 def forecast_file(path: Path) -> Path:
-    if path.is_dir():
-        files = sorted(path.glob("forecast_*.nc"))
+    if path.is_dir() and path.suffix != ".zarr":
+        files = forecast_paths(path)
         if not files:
-            raise UserError(f"{path}: no forecast_*.nc files in this directory")
+            raise UserError(f"{path}: no forecast_*.nc or forecast_*.zarr files in this directory")
         return files[0]
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"forecast file {path}: not found")
     return path
 
