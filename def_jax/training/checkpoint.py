@@ -87,10 +87,14 @@ class Checkpoints:
 
     def __init__(self, run_dir: Path, *, keep: int):
         self.run_dir = Path(run_dir).absolute()
+        # The two managers save the same step at once; in a multi-process run their barriers (named by step) must
+        # not collide, so each gets its own barrier prefix.
         self.latest = ocp.CheckpointManager(self.run_dir / "checkpoints", options=ocp.CheckpointManagerOptions(
-            max_to_keep=max(int(keep), 1)))
+            max_to_keep=max(int(keep), 1),
+            multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="latest")))
         self.best = ocp.CheckpointManager(self.run_dir / "best", options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, best_fn=lambda m: m["val_loss"], best_mode="min"))
+            max_to_keep=1, best_fn=lambda m: m["val_loss"], best_mode="min",
+            multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="best")))
 
     def save(self, step: int, state: Any, data_state: Optional[dict], meta: dict,
              val_loss: Optional[float] = None) -> None:

@@ -24,3 +24,4 @@ run hrrr4090_full_remat_both  --config=hrrr_4090 --batch=1 --grid=1059x1799 --co
 run production_crop512        --config=hrrr_production --batch=1
 run production_crop512_remat  --config=hrrr_production --batch=1 --config.forecaster.remat=true --config.denoiser.remat=true
 run production_full_remat     --config=hrrr_production --batch=1 --grid=1059x1799 --config.forecaster.remat=true --config.denoiser.remat=true
+.venv/bin/python experiments/benchmarks/memory_table.py "$out"   # the table of docs/BENCHMARKS.md
