@@ -98,8 +98,9 @@ def trained_workdir(mini_store, tmp_path_factory):
 # files: the longest first (measured with --durations=0), so that they finish together instead of one running the last
 # long file alone; worker A starts with test_forecast.py, which builds the trained models, and worker B with files
 # that do not need them, so that B does not wait on A's build of `trained_workdir` (`built_once`).
-_LONGEST_FIRST = ("test_forecast.py", "test_samplers.py", "test_training.py", "test_models.py", "test_cli.py",
-                  "test_prepare.py", "test_rollout.py", "test_perturbations.py")
+_LONGEST_FIRST = ("test_forecast.py", "test_samplers.py", "test_training.py", "test_forecast_modes.py",
+                  "test_experiments.py", "test_models.py", "test_cli.py", "test_prepare.py", "test_rollout.py",
+                  "test_perturbations.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -111,7 +111,8 @@ def test_gpu_check_runs_at_a_tiny_size(tmp_path):
     import json
 
     env = dict(__import__("os").environ, CONFIG=f"{ROOT / 'tests' / 'tiny_config.py'}:unused.zarr", SIZES="16",
-               MEMBERS="4", SAMPLER_STEPS="2", TRAIN_STEPS="1", LEAD_STEPS="1", DEF_JAX_CACHE_DIR="",
+               MEMBERS="4", SAMPLER_STEPS="2", TRAIN_STEPS="1", LEAD_STEPS="1",
+               DEF_JAX_CACHE_DIR=str(tmp_path / "xla"),  # info --memory finds bench train's update programs
                EXTRA=" ".join(["--config.diffusion.mode=direct", "--config.diffusion.direct_history=2",
                                "--config.diffusion.direct_residual=true", "--config.diffusion.conditional=network",
                                "--config.diffusion.p_uncond=0.1", "--config.denoiser.skip_coefficients=learned",

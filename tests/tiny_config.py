@@ -36,3 +36,11 @@ def learning_config(store):
     cfg.training.diffusion.ema_decay = 0.99
     cfg.training.tensorboard = True
     return cfg
+
+
+def forecast_config(store, **ensemble):
+    """``learning_config`` with a small DEF ensemble (3 members, K = 1, λ = 0.5, 3 h, S = 3), ``ensemble`` overriding."""
+    cfg = learning_config(store)
+    cfg.ensemble.update(dict(members=3, walks=1, guidance_scale=0.5, lead_hours=3, lead_chunk=2), **ensemble)
+    cfg.sampler.steps = 3
+    return cfg

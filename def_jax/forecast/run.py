@@ -274,7 +274,7 @@ class Forecaster:
         det = bool(cfg.ensemble.include_deterministic)
         writer, done, det_done = self._open_file(path, fmt, init, ensemble, m_chunks)
         total = len(m_chunks) * len(l_chunks) + (len(l_chunks) if det else 0)
-        t_start = time.perf_counter()
+        t_start, programs = time.perf_counter(), len(self._programs)
         complete = False
         try:
             with progress(total, f"forecast {path.stem[9:]}", "chunk", enabled=self.main) as bar:
@@ -312,7 +312,8 @@ class Forecaster:
         if not self.main:
             return path
         self.log(f"wrote {final}: {self.members} members × {self.steps} steps of {self.dt:g} h in {seconds:.1f} s "
-                 f"({self.members * self.steps / seconds:.2f} member-steps/s, compile included)")
+                 f"({self.members * self.steps / seconds:.2f} member-steps/s"
+                 f"{', compilation included' if len(self._programs) > programs else ''})")
         return final
 
     def _open_file(self, path: Path, fmt: str, init, ensemble: Ensemble, m_chunks: list[int]):
