@@ -4,8 +4,10 @@
 # is reported, its programs already compiled), run as
 #   a. one process, 2 CPU devices, members over `data` (2 × 1), pinned to cores 0-1;
 #   b. two processes of one device each (launch_multihost.sh, jax.distributed on localhost, Gloo), one per core;
-#   c. one process, 2 CPU devices, rows over `space` (1 × 2), pinned to cores 0-1.
-# Each run writes its own files; the script checks that b's files equal a's and prints member-steps/s.
+#   c. one process, 2 CPU devices, rows over `space` (1 × 2), pinned to cores 0-1;
+#   d. the reference: one process, 1 CPU device, pinned to core 0.
+# Each run writes its own files; the script checks that b's files equal a's and prints the second cycle's
+# member-steps/s (writing included; its programs were compiled by the first).
 #
 #   experiments/benchmarks/forecast_scaling.sh [STUDY_DIR] [OUT]   (default runs/ensemble_study, bench_output/scaling)
 #
@@ -32,6 +34,8 @@ done
 wait
 env $(devices 2) DEF_JAX_CACHE_DIR= taskset -c 0,1 .venv/bin/def-jax forecast "${args[@]}" --out="$out/c" \
   --config.parallel.data_axis=1 --config.parallel.spatial_axis=2 > "$out/c.log" 2>&1
+env $(devices 1) DEF_JAX_CACHE_DIR= taskset -c 0 .venv/bin/def-jax forecast "${args[@]}" --out="$out/d" \
+  > "$out/d.log" 2>&1
 
 .venv/bin/python - "$out" <<'EOF'
 import sys
@@ -49,3 +53,4 @@ EOF
 echo "a. 1 process × 2 devices, data 2 × space 1: $(rate "$out/a.log")"
 echo "b. 2 processes × 1 device, data 2 × space 1: $(rate "$out/b0.log")"
 echo "c. 1 process × 2 devices, data 1 × space 2: $(rate "$out/c.log")"
+echo "d. 1 process × 1 device (reference):         $(rate "$out/d.log")"
