@@ -12,7 +12,8 @@ interruption. Stages, with WORKDIR = W:
    ``check-denoiser`` → ``W/sS/check_denoiser``;
 4. tuning on the validation week with seed 0's models, beside the training of the seeds beyond the first JOBS:
    ``tune`` for DEF (λ at K = 1) and for each baseline (its amplitude, or the lag), by CRPS (config.py) →
-   ``W/tuning/<ensemble>/tuning.csv``; the chosen settings apply to every seed;
+   ``W/tuning/<ensemble>/tuning.csv``; the chosen settings apply to every seed and are written to
+   ``W/chosen_settings.json``, whose entries stand for any ensemble whose tuning table was removed;
 5. test forecasts at the chosen settings, from initial times ``EVERY`` hours apart over the test period: DEF for
    every seed (the seed changes ε_θ and the walks' draws), the baselines, which do not use ε_θ, for the first seed →
    ``W/sS/<ensemble>/forecasts``, and ``evaluate`` → ``W/sS/<ensemble>/evaluation``;
@@ -161,10 +162,12 @@ def main() -> int:
                 w / "logs" / f"diffusion_s{s}.log")
 
     s0 = w / f"s{seeds[0]}"
+    # an earlier run's choices stand for ensembles whose tuning table is gone (chosen_settings.json keeps them)
+    earlier = json.loads((w / "chosen_settings.json").read_text()) if (w / "chosen_settings.json").exists() else {}
     tuning = []
     for kind in ENSEMBLES:
         out = w / "tuning" / kind
-        if (out / "tuning.csv").exists():
+        if (out / "tuning.csv").exists() or kind in earlier:
             continue
         grid = GRIDS[kind]
         args = [DJ, "tune", *c, f"--workdir={s0}", f"--config.seed={seeds[0]}", f"--perturbation={kind}",
@@ -179,7 +182,8 @@ def main() -> int:
     parallel([training(s) for s in seeds[:width]], width)
     parallel([training(s) for s in seeds[width:]] + tuning + checks, width)
     criterion = str(study_config(w).tuning.criterion)
-    settings = {kind: chosen(w / "tuning" / kind / "tuning.csv", criterion) for kind in ENSEMBLES}
+    settings = {kind: chosen(w / "tuning" / kind / "tuning.csv", criterion)
+                if (w / "tuning" / kind / "tuning.csv").exists() else earlier[kind] for kind in ENSEMBLES}
     (w / "chosen_settings.json").write_text(json.dumps(settings, indent=1, default=str) + "\n")
     for kind, row in settings.items():
         log(f"  {kind}: {' '.join(setting_overrides(row))} (validation spread/skill {row['mean_ssr']:.2f}, "
