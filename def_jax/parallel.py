@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -59,21 +59,18 @@ SPATIAL_Y_AXIS = {"inputs": -3, "targets": -3, "forcings": -3, "statics": -3, "a
 
 def batch_sharding(mesh: jax.sharding.Mesh, key: str, ndim: int, batch_axis: int = 0) -> NamedSharding:
     """Sharding of one batch entry: the batch axis over ``data``, the grid's y axis over ``space`` (if > 1)."""
-    spec: list = [None] * ndim
-    spec[batch_axis] = DATA
-    if mesh.shape[SPACE] > 1 and key in SPATIAL_Y_AXIS:
-        spec[ndim + SPATIAL_Y_AXIS[key]] = SPACE
-    return NamedSharding(mesh, PartitionSpec(*spec))
+    y_axis = ndim + SPATIAL_Y_AXIS[key] if key in SPATIAL_Y_AXIS else None
+    return field_sharding(mesh, ndim, y_axis, member_axis=batch_axis)
 
 
-def field_sharding(mesh: jax.sharding.Mesh, ndim: int, y_axis: int, member_axis: Optional[int] = None
+def field_sharding(mesh: jax.sharding.Mesh, ndim: int, y_axis: Optional[int], member_axis: Optional[int] = None
                    ) -> NamedSharding:
-    """Sharding of a field array: ``member_axis`` (if any) over ``data``, the grid's ``y_axis`` over ``space`` (when
-    it has more than one device); the rest replicated."""
+    """Sharding of a field array: ``member_axis`` (if any) over ``data``, the grid's ``y_axis`` (if any) over
+    ``space`` (when it has more than one device); the rest replicated."""
     spec: list = [None] * ndim
     if member_axis is not None:
         spec[member_axis] = DATA
-    if mesh.shape[SPACE] > 1:
+    if y_axis is not None and mesh.shape[SPACE] > 1:
         spec[y_axis] = SPACE
     return NamedSharding(mesh, PartitionSpec(*spec))
 
@@ -109,6 +106,15 @@ def agree(values: Sequence[bool]) -> list[bool]:
 
     agreed = multihost_utils.broadcast_one_to_all(np.asarray(values, np.int32))
     return [bool(v) for v in np.asarray(agreed)]
+
+
+def reporting(log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log`` on process 0, a log that says nothing on the others: in a multi-host run process 0 reports."""
+    return log if jax.process_index() == 0 else _silent
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 def barrier(name: str) -> None:

@@ -105,8 +105,7 @@ def tune(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[float], wal
     if not scales or not walks:
         raise UserError("tune needs at least one scale (and, for DEF, one walks value)")
     main = jax.process_index() == 0  # multi-host: every process forecasts, process 0 writes and scores
-    if not main:
-        log = _quiet
+    log = parallel.reporting(log)
     inits = [np.datetime64(t, "ns") for t in validation_inits(cfg, every_hours, max_cycles)]
     out_dir = Path(out_dir)
     kind = Ensemble.from_config(cfg).kind
@@ -158,10 +157,6 @@ def tune(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[float], wal
             w.writerow({k: r[k] for k in COLUMNS})
     os.replace(tmp, table)
     return {"rows": rows, "best": best, "table": table}
-
-
-def _quiet(message: str) -> None:
-    pass
 
 
 def best_overrides(row: dict) -> str:

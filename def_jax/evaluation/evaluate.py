@@ -1,8 +1,8 @@
 """``def-jax evaluate``: forecast files (docs/FORECASTS.md) against the store's truth (docs/DATA.md) → CSV tables.
 
 One forecast file (cycle) at a time, one field (variable, level, lead) at a time: a field's members [M, Y, X] are read
-from the forecast file (NetCDF or Zarr), its truth from the store slot of its valid time. Leads whose valid time is not written in the
-store are skipped (and counted). Systems:
+from the forecast file (NetCDF or Zarr), its truth from the store slot of its valid time. Leads whose valid time is
+not written in the store are skipped (and counted). Systems:
 
 * the ensemble members, as the file's ensemble system: ``direct`` when its ``mode`` starts with ``direct``, else its
   ``perturbation`` attribute (``def`` — DEF's perturbation walks, the default when the file has none —, ``gaussian``,

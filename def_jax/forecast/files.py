@@ -181,9 +181,7 @@ class ForecastFile:
         self.dims, self.variables = _variables(
             init=init, lead_hours=lead_hours, members=self.members, layout=self.layout, grid=grid,
             thresholds=self.thresholds, deterministic=deterministic, rows=int(rows or np.shape(grid["latitude"])[0]))
-        self.attrs = {"Conventions": "CF-1.8", "def_jax_forecast": FORMAT_VERSION, **{
-            k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) else v) for k, v in attrs.items()
-            if v is not None}}
+        self.attrs = {"Conventions": "CF-1.8", "def_jax_forecast": FORMAT_VERSION, **_encode_attrs(attrs)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     # --- slabs ---------------------------------------------------------------------------------------------------
@@ -324,8 +322,7 @@ class ZarrFile(ForecastFile):
             saved = dict(zarr.open_group(partial, mode="r").attrs)
         except Exception:  # noqa: BLE001 -- a store killed while being created: start again
             return None
-        wanted = _json_attrs({k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) else v)
-                              for k, v in attrs.items() if v is not None and k != "created"})
+        wanted = _json_attrs(_encode_attrs({k: v for k, v in attrs.items() if k != "created"}))
         if any(saved.get(k) != v for k, v in wanted.items()):
             return None
         return {"done_member_chunks": list(saved.get("done_member_chunks", [])),
@@ -351,6 +348,12 @@ class ZarrFile(ForecastFile):
 
     def _close(self):
         pass
+
+
+def _encode_attrs(attrs: dict) -> dict:
+    """Global attributes as the file stores them: dicts, lists and tuples as JSON text; None left out."""
+    return {k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) else v) for k, v in attrs.items()
+            if v is not None}
 
 
 def _json_attrs(attrs: dict) -> dict:

@@ -326,11 +326,12 @@ class Forecaster:
                               "cape": tuple(cfg.evaluation.cape_thresholds)},
                   deterministic=bool(cfg.ensemble.include_deterministic))
         if fmt == "netcdf":
-            return (NetCDFFile(path, **kw) if self.main else _NoWriter()), [False] * len(m_chunks), False
-        progress_ = ZarrFile.resumable(path, kw["attrs"]) if self.main else None
-        state = parallel.agree([progress_ is not None]
-                               + [m0 in (progress_ or {}).get("done_member_chunks", []) for m0 in m_chunks]
-                               + [bool((progress_ or {}).get("deterministic_done"))])
+            # process 0 writes a NetCDF file; the other processes have none (None)
+            return (NetCDFFile(path, **kw) if self.main else None), [False] * len(m_chunks), False
+        saved = ZarrFile.resumable(path, kw["attrs"]) if self.main else None
+        state = parallel.agree([saved is not None]
+                               + [m0 in (saved or {}).get("done_member_chunks", []) for m0 in m_chunks]
+                               + [bool((saved or {}).get("deterministic_done"))])
         resume, done, det_done = state[0], state[1:-1], state[-1]
         rows = self.inputs.grid_shape[0] // self.mesh.shape[parallel.SPACE]  # one device's rows per chunk
         writer = ZarrFile(path, create=not resume, rows=rows, **kw) if self.main else None
@@ -345,7 +346,7 @@ class Forecaster:
         """One chunk's output into the file: ``out`` [L, b, H, W, C] normalized, gathered on the host (NetCDF,
         written by process 0) or a global array whose parts each process writes (Zarr); ``m0`` None: the
         deterministic run."""
-        if isinstance(writer, _NoWriter):
+        if writer is None:  # a NetCDF file, on a process other than 0
             return
         parts = [((slice(None),) * 5, out)] if isinstance(out, np.ndarray) else parallel.write_owners(out)
         for index, data in parts:
@@ -372,26 +373,6 @@ class Forecaster:
             writer.record(**what)
 
 
-def _quiet(message: str) -> None:
-    pass
-
-
-class _NoWriter:
-    """The forecast file of the processes other than 0 in a multi-host run: process 0 writes it."""
-
-    def write_members(self, *args, **kw) -> None:
-        pass
-
-    def write_deterministic(self, *args, **kw) -> None:
-        pass
-
-    def write_statistics(self) -> None:
-        pass
-
-    def close(self, complete: bool = True) -> None:
-        return None
-
-
 def _ckpt_text(info: Optional[dict]) -> str:
     return "" if not info else f"{info['path']} step {info['step']} ({info['which']})"
 
@@ -416,8 +397,7 @@ def forecast(cfg: Any, workdir: Path, out_dir: Path, inits: list[np.datetime64],
              log: Callable = print) -> list[Path]:
     """Run every cycle in ``inits`` (skipping finished files unless ``overwrite``); return the files."""
     out_dir = Path(out_dir)
-    if jax.process_index() != 0:
-        log = _quiet  # process 0 reports
+    log = parallel.reporting(log)
     # which cycles are finished, as process 0 sees them (the others may not see its files)
     fmt = str(cfg.ensemble.format)
     done = parallel.agree([not overwrite and (out_dir / forecast_filename(t, fmt)).exists() for t in inits])

@@ -3,7 +3,6 @@
 For one folder of DEF forecasts (``FOLDER/forecasts``: the test cycles; ``FOLDER/val_forecasts``: validation
 cycles), per lead time, in normalized units (each state channel's anomaly from its training mean divided by its
 training standard deviation, the store's statistics: x' = (x − μ_c)/σ_c), pooled over the channels and the grid
-
 (channels constant over the training period, such as q at 50 hPa, are left out), and
 
 * b = Σ m'd' / Σ d'², the regression slope of DEF's ensemble mean m on the deterministic run d (test cycles): b < 1
@@ -26,6 +25,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from def_jax.data.schema import open_store
+from def_jax.forecast.files import forecast_paths, open_forecast
+
 SHOWN_LEADS = (1, 3, 6, 12, 18, 24)
 
 
@@ -36,14 +38,14 @@ def _state_variables(ds: xr.Dataset) -> list[str]:
 def sums(folder: Path) -> dict[int, dict[str, float]]:
     """Per lead hour the sums over channels, grid and cycles of d'², d'y', y'², m'd', m'², m'y' and the count."""
     out: dict[int, dict[str, float]] = {}
-    files = sorted(folder.glob("forecast_*.nc"))
+    files = forecast_paths(folder)
     if not files:
         raise SystemExit(f"{folder}: no forecast files")
     store = None
     for path in files:
-        with xr.open_dataset(path) as ds:
+        with open_forecast(path) as ds:
             if store is None:
-                store = xr.open_zarr(ds.attrs["store"], consolidated=False)
+                store = open_store(ds.attrs["store"])
             valid = ds.valid_time.values[0]  # [L]
             leads = ds.lead_time.values
             for v in _state_variables(ds):

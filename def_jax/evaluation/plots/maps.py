@@ -15,8 +15,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 
 from def_jax.errors import UserError
-from def_jax.forecast.files import forecast_paths
 from def_jax.evaluation.plots.common import LABELS, Key, VariableMeta, key_name, num, open_forecast
+from def_jax.forecast.files import forecast_paths
 
 MAP_VARIABLES = ("refc", "t2m")
 REFC_EVENT = 35.0  # dBZ: the probability panel of reflectivity maps
