@@ -13,13 +13,15 @@ Variants:
                    32 members, K=3 (sweep 1/3/7), λ=0.5, per-sample normalization.
 
 Every field is listed here with its meaning; ``def-jax config`` prints the resolved values. Which command consumes a
-section is noted in its comment; fields of stages not built yet are read by nothing so far (docs/CONFIG.md).
+section is noted in its comment (docs/CONFIG.md).
 """
 
 from __future__ import annotations
 
 import ml_collections
 from ml_collections import config_dict
+
+from def_jax.diffusion.sampler_configs import DDIM, DPMSolverPP, DPMSolverPPAdaptive, SamplerConfig
 
 VARIANTS = ("demo", "hrrr_expanded", "hrrr_4090", "hrrr_production", "era5_paper")
 
@@ -28,7 +30,7 @@ HRRR_LEVELS = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000)
 
 
 def _unet(base_channels: int, channel_mults, attention_levels, **kw) -> ml_collections.ConfigDict:
-    """U-Net hyperparameters shared by the forecaster G_φ and the denoiser ε_θ (issue 4 builds the models)."""
+    """U-Net hyperparameters shared by the forecaster G_φ and the denoiser ε_θ (:mod:`def_jax.models.unet`)."""
     return ml_collections.ConfigDict(
         dict(
             base_channels=base_channels,  # width of the first level
@@ -57,7 +59,7 @@ def _denoiser(*args, **kw) -> ml_collections.ConfigDict:
     c = _unet(*args, **kw)
     c.linear_skip = True  # ε = U-Net + a(τ) x_τ + b(τ) P c (networks.Denoiser): ε keeps every channel's noise
     # "exact": the skip path is the schedule's (x_τ − α_τ c)/σ_τ with a condition and σ_τ x_τ without (networks.Denoiser);
-    # "learned": a(τ), b(τ), P trained (checkpoints from before this field)
+    # "learned": a(τ), b(τ), P trained (what a checkpoint without this field computes with)
     c.skip_coefficients = "exact"
     # the null condition's skip path with the exact coefficients: "white" (σ_τ x_τ, the exact ε of N(0, I) data) |
     # "spectral" (the exact ε of a stationary Gaussian climate with the training states' cross-channel power spectrum,
@@ -151,19 +153,21 @@ def _base() -> ml_collections.ConfigDict:
     c.training.wandb_project = "def-jax"
 
     # --- sampler (forecast, bench sampler) -----------------------------------------------------------------------
+    # one flat section for every solver; the defaults are the solvers' dataclasses' (def_jax/diffusion/
+    # sampler_configs.py), and a field the named solver does not use must keep its default
     c.sampler = ml_collections.ConfigDict()
-    c.sampler.name = "dpm_solver_pp"  # dpm_solver_pp | dpm_solver_pp_adaptive | ddim | ddpm
+    c.sampler.name = DPMSolverPP.name  # dpm_solver_pp | dpm_solver_pp_adaptive | ddim | ddpm
     c.sampler.steps = 10  # S, network evaluations per reverse diffusion (fixed-step samplers)
-    c.sampler.order = 2  # dpm_solver_pp: 1-3; adaptive: 2-3
-    c.sampler.method = "multistep"  # dpm_solver_pp: multistep | singlestep
-    c.sampler.spacing = "logSNR"  # logSNR | time_uniform | time_quadratic
+    c.sampler.order = DPMSolverPP.order  # dpm_solver_pp: 1-3; adaptive: 2-3
+    c.sampler.method = DPMSolverPP.method  # dpm_solver_pp: multistep | singlestep
+    c.sampler.spacing = DPMSolverPP.spacing  # logSNR | time_uniform | time_quadratic (fixed-step samplers)
     c.sampler.t_end = config_dict.placeholder(float)  # None = 1/T (1e-3 for T = 1000)
-    c.sampler.lower_order_final = True  # dpm_solver_pp multistep, < 15 steps
-    c.sampler.denoise_to_zero = False  # finish with x̂_0 at t_end (+1 NFE)
-    c.sampler.eta = 0.0  # ddim stochasticity
-    c.sampler.atol = 0.0078  # adaptive: absolute tolerance
-    c.sampler.rtol = 0.05  # adaptive: relative tolerance
-    c.sampler.max_nfe = 1000  # adaptive: evaluation budget (NaN output if exceeded)
+    c.sampler.lower_order_final = DPMSolverPP.lower_order_final  # dpm_solver_pp multistep, < 15 steps
+    c.sampler.denoise_to_zero = SamplerConfig.denoise_to_zero  # finish with x̂_0 at t_end (+1 NFE)
+    c.sampler.eta = DDIM.eta  # ddim stochasticity
+    c.sampler.atol = DPMSolverPPAdaptive.atol  # adaptive: absolute tolerance
+    c.sampler.rtol = DPMSolverPPAdaptive.rtol  # adaptive: relative tolerance
+    c.sampler.max_nfe = DPMSolverPPAdaptive.max_nfe  # adaptive: evaluation budget (NaN output if exceeded)
     c.sampler.x0_clip = config_dict.placeholder(float)  # clip the data prediction x̂_0 to ±x0_clip (None = off)
 
     # --- ensemble (forecast) -------------------------------------------------------------------------------------

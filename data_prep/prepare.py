@@ -111,21 +111,22 @@ def time_axis(valid_times: list[np.datetime64], dt_hours: int) -> np.ndarray:
 # --- 3. store creation / compatibility -------------------------------------------------------------------------------
 
 
-def _crs_attrs(grid_attrs: dict) -> dict:
-    if grid_attrs.get("GRIB_gridType") == "lambert" or "GRIB_LaDInDegrees" in grid_attrs:
-        proj = LambertConformal(grid_attrs["GRIB_Latin1InDegrees"], grid_attrs["GRIB_Latin2InDegrees"],
-                                grid_attrs["GRIB_LaDInDegrees"], grid_attrs["GRIB_LoVInDegrees"])
-        return {**proj.cf_attrs(), **{k: v for k, v in grid_attrs.items() if isinstance(v, (int, float, str))}}
-    return {"grid_mapping_name": "latitude_longitude",
-            **{k: v for k, v in grid_attrs.items() if isinstance(v, (int, float, str))}}
+def _grib_projection(grid_attrs: dict) -> Optional[LambertConformal]:
+    """The Lambert conformal projection of cfgrib's grid attributes, None for another grid."""
+    return LambertConformal.from_grib(grid_attrs) if LambertConformal.is_grib_lambert(grid_attrs) else None
 
 
-def _projection_xy(grid_attrs: dict, lat: np.ndarray, lon: np.ndarray, region: Region) -> tuple[np.ndarray, np.ndarray]:
+def _crs_attrs(proj: Optional[LambertConformal], grid_attrs: dict) -> dict:
+    """The store's CF grid-mapping attributes, with the GRIB grid keys kept beside them."""
+    cf = proj.cf_attrs() if proj is not None else {"grid_mapping_name": "latitude_longitude"}
+    return {**cf, **{k: v for k, v in grid_attrs.items() if isinstance(v, (int, float, str))}}
+
+
+def _projection_xy(proj: Optional[LambertConformal], lat: np.ndarray, lon: np.ndarray,
+                   region: Region) -> tuple[np.ndarray, np.ndarray]:
     """1-D projection coordinates of the (cropped) grid: metres on a Lambert grid, else grid indices."""
-    if "GRIB_LaDInDegrees" in grid_attrs:
-        proj = LambertConformal(grid_attrs["GRIB_Latin1InDegrees"], grid_attrs["GRIB_Latin2InDegrees"],
-                                grid_attrs["GRIB_LaDInDegrees"], grid_attrs["GRIB_LoVInDegrees"])
-        x, y = proj.forward(lat, lon)
+    if proj is not None:
+        x, y = proj.forward(lat, lon)  # [ny, nx] each
         return x[0, :], y[:, 0]
     ny, nx = lat.shape
     return (region.x0 + region.stride * np.arange(nx)).astype(np.float64), \
@@ -135,11 +136,13 @@ def _projection_xy(grid_attrs: dict, lat: np.ndarray, lon: np.ndarray, region: R
 def _create_from_first_slot(opts: PrepareOptions, axis: np.ndarray, first_time, files: FilesByKind,
                             log: Callable) -> None:
     slot = read_slot(files, opts.catalogue, opts.region)
-    x, y = _projection_xy(slot.grid_attrs, slot.latitude, slot.longitude, opts.region)
+    proj = _grib_projection(slot.grid_attrs)
+    x, y = _projection_xy(proj, slot.latitude, slot.longitude, opts.region)
     statics = {v.name: slot.fields[v.name] for v in opts.catalogue.by_role("static")}
     store_writer.create_store(
         opts.out, catalogue=opts.catalogue, times=axis, latitude=slot.latitude, longitude=slot.longitude, x=x, y=y,
-        crs_attrs=_crs_attrs(slot.grid_attrs), statics=statics, provenance=slot.provenance, dt_hours=opts.dt_hours,
+        crs_attrs=_crs_attrs(proj, slot.grid_attrs), statics=statics, provenance=slot.provenance,
+        dt_hours=opts.dt_hours,
         attrs={"source": "grib", "region": opts.region.describe(), "stride": opts.region.stride,
                "history": f"def-jax prepare from {len(opts.sources)} source pattern(s)"},
         chunks=opts.chunks, compression=opts.compression,

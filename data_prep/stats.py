@@ -31,7 +31,8 @@ import zarr
 
 from def_jax.catalogue import Variable
 from def_jax.data import schema
-from def_jax.data.source import load_stats, normalize_inplace, read_fields, state_fields
+from def_jax.data.source import normalize_inplace
+from def_jax.data.store import load_stats, read_fields, state_fields
 from def_jax.diffusion.spectral import BIN_EDGES, binned_cross_spectrum
 from def_jax.errors import UserError
 from def_jax.progress import progress as progress_bar

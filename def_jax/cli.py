@@ -5,50 +5,31 @@
 Every command takes the same ``--config`` (an ml-collections file with a ``get_config(variant)``; ``--config=VARIANT``
 alone means ``configs/presets.py:VARIANT``), dotted overrides of any field, and ``--workdir``. Unknown fields and invalid
 values stop the command with one line naming the field; so do other user errors (missing files, bad options).
+
+This module holds the command table (``COMMANDS``) and the parsing every command shares. Each command's own flags and
+``run`` live in ``cli_data`` (synth, prepare, stats, download), ``cli_train`` (train-*, info, check-denoiser),
+``cli_forecast`` (forecast, tune, evaluate, plot) and ``cli_bench`` (bench); ``cli_base`` holds what they share.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import importlib.util
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from absl import flags
 from ml_collections import config_flags
 
-from def_jax import cli_data, cli_forecast, cli_train, configuration
+from def_jax import cli_bench, cli_data, cli_forecast, cli_train, configuration
+from def_jax.cli_base import PROG, Command, Invocation, no_flags
 from def_jax.errors import UserError
 
-PROG = "def-jax"
 PRESETS_FILE = Path(__file__).resolve().parent.parent / "configs" / "presets.py"
 DEFAULT_CONFIG = f"{PRESETS_FILE}:demo"
-
-
-@dataclasses.dataclass(frozen=True)
-class Command:
-    name: str
-    summary: str
-    define: Callable[[flags.FlagValues], None] = lambda fv: None
-    run: Optional[Callable[["Invocation"], int]] = None  # None: planned, not built yet
-    issue: int = 0  # the issue that builds a planned command
-    positional: tuple[str, ...] = ()  # accepted positional arguments (e.g. bench targets)
-    default_workdir: str = ""  # "" = runs/<preset>
-    compile_cache: bool = True  # use the persistent compilation cache (off for benchmarks: they time compiles)
-
-
-@dataclasses.dataclass
-class Invocation:
-    """What a command's ``run`` receives: the validated config, the workdir and its own flags."""
-
-    config: object
-    workdir: Path
-    flags: flags.FlagValues
-    args: list[str]
 
 
 # --- commands ----------------------------------------------------------------------------------------------------
@@ -61,133 +42,9 @@ def _config_define(fv: flags.FlagValues) -> None:
 def _config_run(inv: Invocation) -> int:
     if inv.flags.flat:
         for path, value in configuration.iter_fields(inv.config):
-            print(f"--config.{path}={configuration._fmt(value)}")
+            print(f"--config.{path}={configuration.format_value(value)}")
     else:
         print(configuration.format_config(inv.config))
-    return 0
-
-
-BENCH_TARGETS = ("sampler", "train", "loader", "prepare")
-
-
-def _bench_define(fv: flags.FlagValues) -> None:
-    # sampler
-    flags.DEFINE_integer("batch", None, "sampler: ensemble members in one solve (default: config.ensemble.members); "
-                         "train: batch size per micro-batch (default: config.training.MODEL.batch_size); "
-                         "loader: batch size (default: config.training.forecaster.batch_size).", flag_values=fv,
-                         lower_bound=1)
-    flags.DEFINE_string("grid", None, "sampler: HEIGHTxWIDTH of the state (default: config.data.grid_shape).",
-                        flag_values=fv)
-    flags.DEFINE_integer("channels", None, "sampler: state channels (default: the catalogue's state channels).",
-                         flag_values=fv, lower_bound=1)
-    flags.DEFINE_enum("eps", "unet", ["unet", "conv", "analytic"], "sampler: the config's U-Net denoiser and "
-                      "forecaster (full DEF rollout), or a stand-in: a 3-layer conv net, or Gaussian data's exact ε "
-                      "(the solver's own overhead).", flag_values=fv)
-    flags.DEFINE_integer("lead_steps", 2, "sampler --eps=unet: forecast steps of the timed rollout.", flag_values=fv,
-                         lower_bound=1)
-    flags.DEFINE_integer("net_width", 64, "sampler: hidden width of the conv ε network.", flag_values=fv, lower_bound=1)
-    flags.DEFINE_integer("repeats", 3, "sampler: timed runs (the median is reported).", flag_values=fv, lower_bound=1)
-    # train
-    flags.DEFINE_enum("model", "both", ["forecaster", "diffusion", "both"], "train: which network's update to time: "
-                      "G_φ, ε_θ or both.", flag_values=fv)
-    flags.DEFINE_integer("steps", 20, "train: timed updates per model (the median is reported).", flag_values=fv,
-                         lower_bound=1)
-    # loader
-    flags.DEFINE_string("store", None, "loader, train: the Zarr store (default: config.data.store).", flag_values=fv)
-    flags.DEFINE_integer("batches", 20, "loader: timed batches.", flag_values=fv, lower_bound=1)
-    flags.DEFINE_integer("workers", None, "loader: Grain worker processes (default: config.data.workers); "
-                         "prepare: worker processes (default 1).", flag_values=fv, lower_bound=0)
-    # prepare
-    flags.DEFINE_multi_string("src", None, "prepare: GRIB2 files/globs/directories (default: the synth output "
-                              "directory of the config).", flag_values=fv)
-    flags.DEFINE_string("out", None, "JSON result file (default: WORKDIR/bench_TARGET.json).", flag_values=fv)
-
-
-def _parse_grid(text: Optional[str], default) -> tuple[int, int]:
-    if text is None:
-        return int(default[0]), int(default[1])
-    m = re.fullmatch(r"\s*(\d+)\s*[xX×,]\s*(\d+)\s*", text)
-    if not m or min(int(m[1]), int(m[2])) < 1:
-        raise UserError(f"--grid: expected HEIGHTxWIDTH such as 64x64; got {text!r}")
-    return int(m[1]), int(m[2])
-
-
-def _bench_sampler(cfg, fv) -> tuple[dict, str]:
-    from def_jax.bench import sampler as bench_sampler
-    from def_jax.catalogue import load_catalogue
-
-    height, width = _parse_grid(fv.grid, cfg.data.grid_shape)
-    if fv.eps == "unet":
-        from def_jax.bench import rollout as bench_rollout
-
-        if fv.channels:
-            raise UserError("--channels: the U-Net benchmark takes its channels from the config's catalogue")
-        result = bench_rollout.run_unet_bench(cfg, batch=fv.batch or cfg.ensemble.members, height=height,
-                                              width=width, repeats=fv.repeats, lead_steps=fv.lead_steps)
-        return result, bench_rollout.format_table(result)
-    channels = fv.channels or load_catalogue(cfg.data.catalogue, cfg.data.levels).num_channels("state")
-    result = bench_sampler.run_sampler_bench(
-        cfg, batch=fv.batch or cfg.ensemble.members, height=height, width=width, channels=channels,
-        eps_kind=fv.eps, net_width=fv.net_width, repeats=fv.repeats,
-    )
-    return result, bench_sampler.format_table(result)
-
-
-def _bench_train(cfg, fv) -> tuple[dict, str]:
-    from def_jax.bench import train as bench_train
-
-    if fv.store:
-        cfg.data.store = fv.store
-    models = bench_train.MODELS if fv.model == "both" else (fv.model,)
-    result = bench_train.run_train_bench(cfg, models=models, steps=fv.steps, batch=fv.batch)
-    return result, bench_train.format_table(result)
-
-
-def _bench_loader(cfg, fv) -> tuple[dict, str]:
-    from def_jax.bench import loader as bench_loader
-
-    t = cfg.training.forecaster
-    result = bench_loader.run_loader_bench(
-        fv.store or cfg.data.store, history=cfg.data.history, lead_steps=max(1, t.rollout_steps),
-        batch_size=fv.batch or t.batch_size, crop=tuple(cfg.data.crop_shape),
-        workers=cfg.data.workers if fv.workers is None else fv.workers, num_batches=fv.batches,
-        period=cfg.data.train_period, normalization=cfg.data.normalization, seed=cfg.seed,
-    )
-    return result, bench_loader.format_table(result)
-
-
-def _bench_prepare(cfg, fv) -> tuple[dict, str]:
-    from def_jax.bench import prepare as bench_prepare
-    from def_jax.catalogue import load_catalogue
-
-    result = bench_prepare.run_prepare_bench(
-        fv.src or [str(cli_data.default_grib_dir(cfg))], load_catalogue(cfg.data.catalogue, cfg.data.levels),
-        workers=fv.workers or 1,
-    )
-    return result, bench_prepare.format_table(result)
-
-
-def _bench_run(inv: Invocation) -> int:
-    if len(inv.args) != 1 or inv.args[0] not in BENCH_TARGETS:
-        got = " ".join(inv.args) or "nothing"
-        raise UserError(f"bench needs one target: {' | '.join(BENCH_TARGETS)}; got {got}")
-    from def_jax.bench import write_json
-
-    target = inv.args[0]
-    main = True
-    if target == "sampler" and inv.flags.eps == "unet":  # the rollout runs multi-host like a forecast
-        from def_jax.cli_forecast import start_processes
-
-        main = start_processes(inv.config)
-    result, table = {"sampler": _bench_sampler, "train": _bench_train, "loader": _bench_loader,
-                     "prepare": _bench_prepare}[target](
-        inv.config, inv.flags)
-    if not main:
-        return 0
-    print(table)
-    out = Path(inv.flags.out) if inv.flags.out else inv.workdir / f"bench_{target}.json"
-    write_json(result, out)
-    print(f"wrote {out}")
     return 0
 
 
@@ -201,9 +58,9 @@ COMMANDS: dict[str, Command] = {
     c.name: c
     for c in [
         Command("config", "print the resolved configuration", _config_define, _config_run),
-        Command("bench", "benchmarks: bench sampler | train | loader | prepare (throughput)", _bench_define, _bench_run,
-                positional=BENCH_TARGETS, compile_cache=False),
-        Command("demo", "run the end-to-end demo on the embedded mini-HRRR", run=_demo_run,
+        Command("bench", "benchmarks: bench sampler | train | loader | prepare (throughput)", cli_bench.bench_define,
+                cli_bench.bench_run, positional=cli_bench.TARGETS, compile_cache=False),
+        Command("demo", "run the end-to-end demo on the embedded mini-HRRR", no_flags, _demo_run,
                 default_workdir="demo_output"),
         Command("synth", "write the embedded mini-HRRR as GRIB2 files", cli_data.synth_define, cli_data.synth_run),
         Command("prepare", "HRRR GRIB2 (or any xarray dataset) -> Zarr store", cli_data.prepare_define,
@@ -217,10 +74,10 @@ COMMANDS: dict[str, Command] = {
         Command("check-denoiser", "what a trained eps_theta learned: eps-loss by noise level with and without the "
                 "condition, unconditional samples and one walk against the data", cli_train.check_denoiser_define,
                 cli_train.check_denoiser_run),
-        Command("train-forecaster", "train the deterministic forecaster G_phi", cli_train.train_define,
+        Command("train-forecaster", "train the deterministic forecaster G_phi", no_flags,
                 cli_train.train_forecaster_run),
-        Command("train-diffusion", "train the denoiser eps_theta (random advancement or direct mode)",
-                cli_train.train_define, cli_train.train_diffusion_run),
+        Command("train-diffusion", "train the denoiser eps_theta (random advancement or direct mode)", no_flags,
+                cli_train.train_diffusion_run),
         Command("forecast", "DEF ensemble forecasts to NetCDF", cli_forecast.forecast_define,
                 cli_forecast.forecast_run),
         Command("tune", "choose an ensemble's scale (DEF's λ and K, a baseline's amplitude or lag) on validation "
@@ -245,8 +102,7 @@ def usage() -> str:
         "commands:",
     ]
     for c in COMMANDS.values():
-        note = "" if c.run else f"  [not built yet: issue {c.issue}]"
-        lines.append(f"  {c.name:<17} {c.summary}{note}")
+        lines.append(f"  {c.name:<17} {c.summary}")
     lines += ["", f"{PROG} COMMAND --help lists a command's options."]
     return "\n".join(lines)
 
@@ -369,8 +225,6 @@ def main(argv: Optional[list[str]] = None) -> int:
             fv = _new_flag_values(command, [])
             print("\n".join(fv.module_help(m) for m in fv.flags_by_module_dict()).strip())
             return 0
-        if command.run is None:
-            raise UserError(f"'{name}' is not built yet (issue {command.issue}); '{PROG} --help' lists what runs")
         fv, cfg, rest = _load_config(command, _resolve_config_arg(args))
         if rest and not command.positional:
             raise UserError(f"'{name}' takes no positional arguments; got {' '.join(rest)}")

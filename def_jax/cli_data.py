@@ -1,4 +1,4 @@
-"""The data commands of ``def-jax``: synth, prepare, stats (their flags and how they map onto ``data_prep``).
+"""The data commands of ``def-jax``: synth, prepare, stats, download (their flags and how they map onto ``data_prep``).
 
 Defaults come from the config's ``data`` section, so ``def-jax synth && def-jax prepare && def-jax stats`` with the
 ``demo`` preset builds the demo store; every flag overrides its config field.
@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from absl import flags
 
+from def_jax.cli_base import Invocation
 from def_jax.errors import UserError
-
-if TYPE_CHECKING:
-    from def_jax.cli import Invocation
 
 
 def _value(fv: flags.FlagValues, name: str, default=None):
@@ -27,6 +24,17 @@ def _value(fv: flags.FlagValues, name: str, default=None):
 def default_grib_dir(cfg) -> Path:
     """Where the demo's GRIB files go: ``<directory of data.store>/grib``."""
     return Path(cfg.data.store).parent / "grib"
+
+
+def _define_catalogue(fv: flags.FlagValues, help_text: str = "Channel catalogue (default: data.catalogue).") -> None:
+    flags.DEFINE_string("catalogue", None, help_text, flag_values=fv)
+
+
+def _catalogue(cfg, fv: flags.FlagValues):
+    """The ``--catalogue`` (default: ``data.catalogue``) at the config's levels."""
+    from def_jax.catalogue import load_catalogue
+
+    return load_catalogue(_value(fv, "catalogue", cfg.data.catalogue), cfg.data.levels)
 
 
 # --- synth ---------------------------------------------------------------------------------------------------------
@@ -43,12 +51,11 @@ def synth_define(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("stride", None, "Take every N-th HRRR point; without --ny/--nx: the whole HRRR domain at "
                          "that stride (default: data.synth.stride, 0 = 1).", flag_values=fv)
     flags.DEFINE_integer("seed", None, "Random seed (default: data.synth.seed).", flag_values=fv)
-    flags.DEFINE_string("catalogue", None, "Channel catalogue (default: data.catalogue).", flag_values=fv)
+    _define_catalogue(fv)
 
 
-def synth_run(inv: "Invocation") -> int:
+def synth_run(inv: Invocation) -> int:
     from data_prep.synth import synth
-    from def_jax.catalogue import load_catalogue
 
     cfg, fv = inv.config, inv.flags
     s = cfg.data.synth
@@ -58,8 +65,7 @@ def synth_run(inv: "Invocation") -> int:
         ny, nx = cfg.data.grid_shape
     files = synth(
         Path(_value(fv, "out", default_grib_dir(cfg))), _value(fv, "start", s.start), _value(fv, "hours", s.hours),
-        load_catalogue(_value(fv, "catalogue", cfg.data.catalogue), cfg.data.levels),
-        ny=ny, nx=nx, stride=stride, seed=_value(fv, "seed", s.seed),
+        _catalogue(cfg, fv), ny=ny, nx=nx, stride=stride, seed=_value(fv, "seed", s.seed),
     )
     print(f"wrote {len(files)} GRIB2 files")
     return 0
@@ -76,8 +82,7 @@ def prepare_define(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("var-map", None, "--from-xarray: STORE_NAME=DATASET_NAME,... for names not found "
                         "automatically.", flag_values=fv)
     flags.DEFINE_string("out", None, "The Zarr store to write or complete (default: data.store).", flag_values=fv)
-    flags.DEFINE_string("catalogue", None, "Built-in catalogue name or YAML/JSON file (default: data.catalogue).",
-                        flag_values=fv)
+    _define_catalogue(fv, "Built-in catalogue name or YAML/JSON file (default: data.catalogue).")
     flags.DEFINE_string("region", None, "Crop of the source grid, Y0:Y1,X0:X1 (index ranges, end exclusive).",
                         flag_values=fv)
     flags.DEFINE_integer("stride", 1, "Keep every N-th row and column.", flag_values=fv, lower_bound=1)
@@ -103,12 +108,11 @@ def _chunks(text):
     return cy, cx
 
 
-def prepare_run(inv: "Invocation") -> int:
+def prepare_run(inv: Invocation) -> int:
     from data_prep.grib_read import Region
-    from def_jax.catalogue import load_catalogue
 
     cfg, fv = inv.config, inv.flags
-    catalogue = load_catalogue(_value(fv, "catalogue", cfg.data.catalogue), cfg.data.levels)
+    catalogue = _catalogue(cfg, fv)
     out = Path(_value(fv, "out", cfg.data.store))
     region = Region.parse(_value(fv, "region"), _value(fv, "stride"))
     dt = _value(fv, "dt-hours", cfg.data.dt_hours)
@@ -144,7 +148,7 @@ def stats_define(fv: flags.FlagValues) -> None:
                         flag_values=fv)
 
 
-def stats_run(inv: "Invocation") -> int:
+def stats_run(inv: Invocation) -> int:
     from data_prep.stats import compute_stats
 
     cfg, fv = inv.config, inv.flags
@@ -161,23 +165,21 @@ def download_define(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("every", 1, "Hours between cycles.", flag_values=fv, lower_bound=1)
     flags.DEFINE_integer("fxx", 0, "Forecast hour of the files (0 = analyses, what DEF trains on).", flag_values=fv)
     flags.DEFINE_string("out", None, "Root of NOAA's layout (default: <dir of data.store>/grib).", flag_values=fv)
-    flags.DEFINE_string("catalogue", None, "Channel catalogue (default: data.catalogue).", flag_values=fv)
+    _define_catalogue(fv)
     flags.DEFINE_list("source", ["aws", "google", "azure", "nomads"], "Archives to try, in order.", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Download files that already exist again.", flag_values=fv)
 
 
-def download_run(inv: "Invocation") -> int:
+def download_run(inv: Invocation) -> int:
     # Herbie must come first: its pyproj clashes with ecCodes' bundled PROJ if ecCodes is loaded before it.
     from data_prep import download as dl
 
     dl.import_herbie()
-    from def_jax.catalogue import load_catalogue
-
     cfg, fv = inv.config, inv.flags
     if not _value(fv, "start"):
         raise UserError("download needs --start (the first HRRR cycle, e.g. 2024-06-01T00)")
     times = dl.parse_times(_value(fv, "start"), _value(fv, "end") or _value(fv, "start"), _value(fv, "every"))
-    written = dl.download(load_catalogue(_value(fv, "catalogue", cfg.data.catalogue), cfg.data.levels), times,
+    written = dl.download(_catalogue(cfg, fv), times,
                           Path(_value(fv, "out", default_grib_dir(cfg))), fxx=_value(fv, "fxx"),
                           source_priority=_value(fv, "source"), overwrite=_value(fv, "overwrite"))
     print(f"downloaded {len(written)} file(s)")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from absl import flags
 
 from def_jax import configuration
-
-if TYPE_CHECKING:
-    from def_jax.cli import Invocation
+from def_jax.cli_base import Invocation, output_path, start_processes
+from def_jax.errors import UserError
 
 # flag → config field it overrides (the flags are shorthands; --config.FIELD=VALUE works as well)
 FORECAST_OVERRIDES = {
@@ -19,6 +17,7 @@ FORECAST_OVERRIDES = {
     "perturbation": "ensemble.perturbation", "perturbation_scale": "ensemble.perturbation_scale",
     "format": "ensemble.format",
 }
+TUNE_OVERRIDES = {k: FORECAST_OVERRIDES[k] for k in ("lead_hours", "members", "sampler_steps", "perturbation")}
 
 
 def forecast_define(fv: flags.FlagValues) -> None:
@@ -36,15 +35,15 @@ def forecast_define(fv: flags.FlagValues) -> None:
                        flag_values=fv, lower_bound=0.0)
     flags.DEFINE_integer("sampler_steps", None, "Solver steps S per reverse diffusion (config.sampler.steps).",
                          flag_values=fv, lower_bound=1)
-    flags.DEFINE_enum("perturbation", None, ["def", "gaussian", "correlated", "bred", "lagged"],
+    flags.DEFINE_enum("perturbation", None, list(configuration.choices("ensemble.perturbation")),
                       "What the members are made of (config.ensemble.perturbation): DEF's guided walks or a "
                       "baseline ensemble.", flag_values=fv)
     flags.DEFINE_float("perturbation_scale", None, "Amplitude of gaussian/correlated noise and bred vectors, × each "
                        "channel's one-step-difference std (config.ensemble.perturbation_scale).", flag_values=fv,
                        lower_bound=0.0)
-    flags.DEFINE_enum("format", None, ["netcdf", "zarr"], "Forecast files (config.ensemble.format): CF NetCDF-4, or "
-                      "Zarr stores that every process of a multi-host run writes its part of and that resume after "
-                      "a kill.", flag_values=fv)
+    flags.DEFINE_enum("format", None, list(configuration.choices("ensemble.format")), "Forecast files "
+                      "(config.ensemble.format): CF NetCDF-4, or Zarr stores that every process of a multi-host run "
+                      "writes its part of and that resume after a kill.", flag_values=fv)
     flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/forecasts).", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Redo cycles whose file exists.", flag_values=fv)
 
@@ -70,24 +69,14 @@ def default_init(cfg) -> str:
     return str(parse_period(cfg.data.test_period, "config.data.test_period")[0])
 
 
-def start_processes(cfg) -> bool:
-    """jax.distributed for a multi-host run (config.parallel or a SLURM/Open MPI launch), before any JAX work;
-    whether this is process 0, the one that reports."""
-    from def_jax import parallel
-
-    p = cfg.parallel
-    launch = parallel.initialize_distributed(p.coordinator_address, p.num_processes, p.process_id)
-    return launch is None or launch.process_id == 0
-
-
-def forecast_run(inv: "Invocation") -> int:
+def forecast_run(inv: Invocation) -> int:
     from def_jax.forecast.run import forecast, parse_inits
 
     main = start_processes(inv.config)
     cfg = apply_overrides(inv.config, inv.flags, FORECAST_OVERRIDES)
     fv = inv.flags
     inits = parse_inits(fv.init, fv.cycles, fv.every, "" if fv.init else default_init(cfg))
-    out = Path(fv.out) if fv.out else inv.workdir / "forecasts"
+    out = output_path(inv, "forecasts")
     files = forecast(cfg, inv.workdir, out, inits, overwrite=fv.overwrite)
     if main:
         print(f"{len(files)} forecast file(s) in {out}")
@@ -99,7 +88,6 @@ def _forecast_files(spec: str) -> list[Path]:
     user error."""
     import glob
 
-    from def_jax.errors import UserError
     from def_jax.forecast.files import forecast_paths
 
     p = Path(spec)
@@ -118,12 +106,12 @@ def evaluate_define(fv: flags.FlagValues) -> None:
                         flag_values=fv)
 
 
-def evaluate_run(inv: "Invocation") -> int:
+def evaluate_run(inv: Invocation) -> int:
     from def_jax.evaluation.evaluate import evaluate
 
     fv, cfg = inv.flags, inv.config
     files = _forecast_files(fv.forecasts or str(inv.workdir / "forecasts"))
-    out = Path(fv.out) if fv.out else inv.workdir / "evaluation"
+    out = output_path(inv, "evaluation")
     result = evaluate(files, Path(fv.truth or cfg.data.store), out, config=cfg)
     print(f"evaluated {result['cycles']} cycle(s): " + ", ".join(str(p) for p in result["tables"].values()))
     return 0
@@ -144,8 +132,7 @@ def plot_define(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("out", None, "Output directory for the PNGs (default: WORKDIR/plots).", flag_values=fv)
 
 
-def plot_run(inv: "Invocation") -> int:
-    from def_jax.errors import UserError
+def plot_run(inv: Invocation) -> int:
     from def_jax.evaluation.plots import make_plots
 
     fv, cfg = inv.flags, inv.config
@@ -154,7 +141,7 @@ def plot_run(inv: "Invocation") -> int:
         leads = [int(x) for x in fv.lead_hours] if fv.lead_hours else None
     except ValueError:
         raise UserError(f"--lead_hours: expected whole hours such as 1,6,12; got {','.join(fv.lead_hours)}") from None
-    out = Path(fv.out) if fv.out else inv.workdir / "plots"
+    out = output_path(inv, "plots")
     folders = [Path(d.strip()) for d in fv.evaluation.split(",") if d.strip()] if fv.evaluation else []
     if fv.evaluation and not folders:
         raise UserError(f"--evaluation={fv.evaluation}: expected a directory or DIR1,DIR2,...")
@@ -166,7 +153,7 @@ def plot_run(inv: "Invocation") -> int:
 
 
 def tune_define(fv: flags.FlagValues) -> None:
-    flags.DEFINE_enum("perturbation", None, ["def", "gaussian", "correlated", "bred", "lagged"],
+    flags.DEFINE_enum("perturbation", None, list(configuration.choices("ensemble.perturbation")),
                       "The ensemble to tune (default: config.ensemble.perturbation).", flag_values=fv)
     flags.DEFINE_list("scales", None, "Scales to try: λ for def (default config.tuning.guidance_scales), the noise "
                       "amplitude for gaussian/correlated/bred (config.tuning.perturbation_scales), the lag in steps "
@@ -186,14 +173,12 @@ def tune_define(fv: flags.FlagValues) -> None:
                         "for a baseline).", flag_values=fv)
 
 
-def tune_run(inv: "Invocation") -> int:
-    from def_jax.errors import UserError
+def tune_run(inv: Invocation) -> int:
     from def_jax.tuning import best_overrides, tune
 
     main = start_processes(inv.config)
     fv = inv.flags
-    cfg = apply_overrides(inv.config, fv, {k: v for k, v in FORECAST_OVERRIDES.items()
-                                           if k in ("lead_hours", "members", "sampler_steps", "perturbation")})
+    cfg = apply_overrides(inv.config, fv, TUNE_OVERRIDES)
     kind = cfg.ensemble.perturbation
     default = {"def": cfg.tuning.guidance_scales, "lagged": cfg.tuning.lag_steps}.get(
         kind, cfg.tuning.perturbation_scales)
@@ -206,7 +191,7 @@ def tune_run(inv: "Invocation") -> int:
         raise UserError("--scales takes numbers such as 0.3,0.5 and --walks whole numbers such as 1,3") from None
     if any(s < 0 for s in scales) or any(k < 0 for k in walks):
         raise UserError("--scales and --walks must be >= 0")
-    out = Path(fv.out) if fv.out else inv.workdir / ("tuning" if kind == "def" else f"tuning_{kind}")
+    out = output_path(inv, "tuning" if kind == "def" else f"tuning_{kind}")
     result = tune(cfg, inv.workdir, out, scales=scales, walks=walks, every_hours=fv.every,
                   max_cycles=fv.max_cycles, by=fv.by or cfg.tuning.criterion)
     if not main:

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from absl import flags
 
+from def_jax.cli_base import Invocation, output_path, parse_grid, start_processes
 from def_jax.errors import UserError
 
-if TYPE_CHECKING:
-    from def_jax.cli import Invocation
 
-
-def train_define(fv: flags.FlagValues) -> None:
-    """No flags of their own: everything is in the config (``--config.training.forecaster.max_steps=...``)."""
-
-
-def _train(kind: str, inv: "Invocation") -> int:
-    from def_jax import parallel
-
-    p = inv.config.parallel
-    parallel.initialize_distributed(p.coordinator_address, p.num_processes, p.process_id)  # before any JAX work
+def _train(kind: str, inv: Invocation) -> int:
+    """Train G_φ (``kind="forecaster"``) or ε_θ (``"diffusion"``). The train commands have no flags of their own:
+    everything is in the config (``--config.training.forecaster.max_steps=...``)."""
+    start_processes(inv.config)  # before any JAX work
     from def_jax.training.loop import train
 
     summary = train(kind, inv.config, inv.workdir)
@@ -30,11 +22,11 @@ def _train(kind: str, inv: "Invocation") -> int:
     return 0
 
 
-def train_forecaster_run(inv: "Invocation") -> int:
+def train_forecaster_run(inv: Invocation) -> int:
     return _train("forecaster", inv)
 
 
-def train_diffusion_run(inv: "Invocation") -> int:
+def train_diffusion_run(inv: Invocation) -> int:
     return _train("diffusion", inv)
 
 
@@ -50,27 +42,19 @@ def info_define(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("out", None, "Also write the report as JSON here.", flag_values=fv)
 
 
-def info_run(inv: "Invocation") -> int:
+def info_run(inv: Invocation) -> int:
     from def_jax.bench import write_json
     from def_jax.training.info import format_report, model_report
 
     cfg, fv = inv.config, inv.flags
-    if fv.grid:
-        m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", fv.grid)
-        if not m:
-            raise UserError(f"--grid: expected HEIGHTxWIDTH such as 256x256; got {fv.grid!r}")
-        grid = (int(m[1]), int(m[2]))
-    else:
-        crop = tuple(cfg.data.crop_shape)
-        grid = crop if min(crop) > 0 else tuple(cfg.data.grid_shape)
+    crop = tuple(cfg.data.crop_shape)
+    grid = parse_grid(fv.grid or None, crop if min(crop) > 0 else tuple(cfg.data.grid_shape), example="256x256")
     kinds = ["forecaster", "diffusion"] if fv.model == "both" else [
         "forecaster" if fv.model == "forecaster" else "diffusion"]
     reports = [model_report(cfg, k, grid, memory=fv.memory, batch=fv.batch) for k in kinds]
     for r in reports:
         print(format_report(r))
     if fv.out:
-        from pathlib import Path
-
         write_json({"preset": cfg.preset, "reports": reports}, Path(fv.out))
     return 0
 
@@ -84,9 +68,7 @@ def check_denoiser_define(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/check_denoiser).", flag_values=fv)
 
 
-def check_denoiser_run(inv: "Invocation") -> int:
-    from pathlib import Path
-
+def check_denoiser_run(inv: Invocation) -> int:
     from def_jax.evaluation.denoiser_check import check_denoiser
 
     fv = inv.flags
@@ -96,7 +78,7 @@ def check_denoiser_run(inv: "Invocation") -> int:
         raise UserError(f"--scales: expected numbers such as 1,0.5; got {','.join(fv.scales)}") from None
     if any(not s >= 0 for s in scales):
         raise UserError(f"--scales must be >= 0; got {','.join(fv.scales)}")
-    out = Path(fv.out) if fv.out else inv.workdir / "check_denoiser"
+    out = output_path(inv, "check_denoiser")
     check_denoiser(inv.config, inv.workdir, out, scales=scales, states=fv.states, members=fv.members,
                    every_hours=fv.every)
     return 0

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
-from def_jax.diffusion.samplers import SAMPLERS, make_sampler
+from def_jax.diffusion.sampler_configs import SAMPLERS, sampler_config
 from def_jax.diffusion.schedules import SCHEDULES
 from def_jax.data.windows import as_period, first_overlap, overlap_message
 from def_jax.diffusion.timesteps import SPACINGS
@@ -72,13 +72,15 @@ def format_config(cfg: ml_collections.ConfigDict, indent: int = 0) -> str:
             lines.append(f"{pad}{key}:")
             lines.append(format_config(value, indent + 1))
         else:
-            lines.append(f"{pad}{key}: {_fmt(value)}")
+            lines.append(f"{pad}{key}: {format_value(value)}")
     return "\n".join(lines)
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """One field's value as ``config`` prints it and ``--config.FIELD=`` reads it back: tuples as (a, b), ``''`` for
+    the empty string, everything else as ``str``."""
     if isinstance(value, (tuple, list)):
-        return "(" + ", ".join(_fmt(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+        return "(" + ", ".join(format_value(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     if isinstance(value, str):
         return repr(value) if value == "" else value
     return str(value)
@@ -111,6 +113,11 @@ _CHOICES: dict[str, tuple] = {
     "evaluation.area_weighting": ("uniform", "map_factor", "coslat"),
     "tuning.criterion": ("spread_skill", "crps"),
 }
+
+
+def choices(path: str) -> tuple:
+    """The values the choice field ``path`` accepts, e.g. ``choices("ensemble.format") == ("netcdf", "zarr")``."""
+    return _CHOICES[path]
 
 
 def _at_least(lo: float) -> Callable[[Any], str | None]:
@@ -232,7 +239,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if cfg.sampler.t_end is not None and cfg.sampler.t_end < 0.1 / cfg.diffusion.num_steps:
         raise ConfigError("sampler.t_end", f"{cfg.sampler.t_end} is far below 1/T = {1 / cfg.diffusion.num_steps}")
     try:
-        make_sampler(**cfg.sampler.to_dict())
+        sampler_config(cfg.sampler)
     except ValueError as err:
         raise ConfigError("sampler", str(err)) from None
     return cfg

@@ -17,7 +17,7 @@ import numpy as np
 
 from def_jax.catalogue import load_catalogue
 from def_jax.diffusion.gaussian import gaussian_eps_fn, probability_flow
-from def_jax.diffusion.samplers import make_sampler
+from def_jax.diffusion.sampler_configs import sampler_from_config
 from def_jax.diffusion.schedules import make_schedule
 
 
@@ -37,7 +37,7 @@ def check_sampler_on_gaussian(cfg: ml_collections.ConfigDict, members: int, shap
     rows = []
     for steps in (cfg.sampler.steps, 2 * cfg.sampler.steps, 4 * cfg.sampler.steps, 8 * cfg.sampler.steps):
         overrides = cfg.sampler.to_dict() | {"steps": steps, "denoise_to_zero": False}
-        sample = make_sampler(**overrides)
+        sample = sampler_from_config(overrides)
         x = sample(gaussian_eps_fn(schedule, mean, std), x_T, schedule, jax.random.key(1))
         rows.append((steps, float(jnp.max(jnp.abs(x - exact))), float(jnp.sqrt(jnp.mean((x - exact) ** 2)))))
     return rows

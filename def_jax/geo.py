@@ -8,8 +8,10 @@ Snyder (1987), "Map Projections — A Working Manual", USGS PP 1395, eqs. 15-1 t
     k = n ρ / (R cos φ)   (the map scale factor; a grid cell of side Δ covers (Δ/k)² of the sphere)
 
 GRIB2 Lambert grids (template 3.30) give φ1 = Latin1, φ2 = Latin2, φ0 = LaD, λ0 = LoV, the first grid point and Dx/Dy;
-with shapeOfTheEarth = 6 the sphere has R = 6 371 229 m (HRRR). Used for the store's projection coordinates, for the
-synthetic mini-HRRR's sub-grids and (later) for map-factor area weights.
+with shapeOfTheEarth = 6 the sphere has R = 6 371 229 m (HRRR). A store keeps the projection as CF grid-mapping
+attributes (:meth:`LambertConformal.cf_attrs`, read back by :meth:`LambertConformal.from_cf`); preprocessing builds
+it from the GRIB keys (:meth:`LambertConformal.from_grib`). Used for the store's projection coordinates, the synthetic
+mini-HRRR's sub-grids and the map-factor area weights (:meth:`def_jax.data.store.StoreReader.area_weights`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
+from def_jax.errors import UserError
 
 EARTH_RADIUS_GRIB6 = 6_371_229.0  # m, GRIB2 shapeOfTheEarth = 6
 
@@ -78,6 +82,38 @@ class LambertConformal:
             "latitude_of_projection_origin": self.lat_0,
             "earth_radius": self.radius,
         }
+
+    @classmethod
+    def from_cf(cls, attrs: dict, where: str = "crs") -> "LambertConformal":
+        """The projection of CF-1.x grid-mapping attributes (:meth:`cf_attrs`; ``earth_radius`` defaults to
+        :data:`EARTH_RADIUS_GRIB6`); ``where`` names them in the one-line error for another grid mapping."""
+        name = attrs.get("grid_mapping_name")
+        if name != "lambert_conformal_conic":
+            raise UserError(f"{where}: grid_mapping_name is {name!r}, not lambert_conformal_conic")
+        parallels = np.atleast_1d(np.asarray(_required(attrs, "standard_parallel", where), np.float64))
+        return cls(lat_1=float(parallels[0]), lat_2=float(parallels[-1]),
+                   lat_0=float(_required(attrs, "latitude_of_projection_origin", where)),
+                   lon_0=float(_required(attrs, "longitude_of_central_meridian", where)),
+                   radius=float(attrs.get("earth_radius", EARTH_RADIUS_GRIB6)))
+
+    @classmethod
+    def from_grib(cls, attrs: dict, where: str = "GRIB grid") -> "LambertConformal":
+        """The projection of a GRIB2 Lambert grid (template 3.30) from cfgrib's ``GRIB_Latin1InDegrees``,
+        ``GRIB_Latin2InDegrees``, ``GRIB_LaDInDegrees`` and ``GRIB_LoVInDegrees`` attributes, on the sphere of
+        shapeOfTheEarth = 6."""
+        keys = ("Latin1", "Latin2", "LaD", "LoV")
+        return cls(*(float(_required(attrs, f"GRIB_{key}InDegrees", where)) for key in keys))
+
+    @staticmethod
+    def is_grib_lambert(attrs: dict) -> bool:
+        """Whether cfgrib's grid attributes describe a Lambert conformal grid."""
+        return attrs.get("GRIB_gridType") == "lambert" or "GRIB_LaDInDegrees" in attrs
+
+
+def _required(attrs: dict, key: str, where: str):
+    if key not in attrs:
+        raise UserError(f"{where}: no {key!r} attribute (needed for the Lambert conformal projection)")
+    return attrs[key]
 
 
 @dataclasses.dataclass(frozen=True)

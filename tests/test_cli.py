@@ -153,3 +153,48 @@ def test_bench_train_checks_the_batch_against_the_devices(capsys, tmp_path, mini
     code, _, err = run_cli(capsys, "train-diffusion", f"--config={tiny}", "--config.training.diffusion.batch_size=6",
                            f"--workdir={tmp_path / 'run'}")  # the same check in training, before anything is built
     assert code == 2 and "config.training.diffusion.batch_size=6 must be divisible by the 4 devices" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["bench", "sampler", "--grid=bad"], "--grid: expected HEIGHTxWIDTH such as 64x64; got 'bad'"),
+        (["bench", "sampler", "--grid=0x4"], "--grid: expected HEIGHTxWIDTH such as 64x64; got '0x4'"),
+        (["info", "--grid=16"], "--grid: expected HEIGHTxWIDTH such as 256x256; got '16'"),
+    ],
+)
+def test_grid_flags_fail_in_one_line(capsys, args, message):
+    code, out, err = run_cli(capsys, *args, "--config=demo")
+    assert code == 2 and out == "" and err.strip() == f"def-jax: error: {message}", err
+
+
+def test_cli_helpers():
+    """The --grid parser and the --out default that the subcommands share (def_jax.cli_base)."""
+    from absl import flags
+
+    from def_jax.cli_base import Invocation, output_path, parse_grid
+
+    assert parse_grid(None, (32, 48), example="64x64") == (32, 48)
+    assert parse_grid(" 16 x 8 ", (0, 0), example="64x64") == (16, 8)
+    assert parse_grid("16×8", (0, 0), example="64x64") == parse_grid("16,8", (0, 0), example="64x64") == (16, 8)
+    fv = flags.FlagValues()
+    flags.DEFINE_string("out", None, "", flag_values=fv)
+    fv(["prog"])
+    inv = Invocation(config=None, workdir=Path("run"), flags=fv, args=[])
+    assert output_path(inv, "forecasts") == Path("run/forecasts")
+    fv(["prog", "--out=elsewhere"])
+    assert output_path(inv, "forecasts") == Path("elsewhere")
+
+
+def test_subcommand_modules_do_not_import_the_entry_point():
+    """cli.py lists the commands; the modules that define them import what they share from cli_base only."""
+    import ast
+
+    for name in ("cli_base", "cli_bench", "cli_data", "cli_forecast", "cli_train"):
+        imported = set()  # every module named by an import anywhere in the file, `from a import b` as a and a.b
+        for node in ast.walk(ast.parse((ROOT / "def_jax" / f"{name}.py").read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                imported |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        assert "def_jax.cli" not in imported, name

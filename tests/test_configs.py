@@ -110,3 +110,15 @@ def test_field_suggestions():
     assert "sampler.steps" in configuration.suggest_field(cfg, "sampler.stepz")
     assert configuration.has_field(cfg, "denoiser.base_channels")
     assert not configuration.has_field(cfg, "denoiser.base_chanels")
+
+
+def test_values_print_as_overrides_read_them():
+    """config --flat prints each field with format_value, ready to paste back as --config.FIELD=VALUE."""
+    fmt = configuration.format_value
+    assert fmt((1, 2)) == "(1, 2)" and fmt((2,)) == "(2,)" and fmt([0.5, "a"]) == "(0.5, a)"
+    assert fmt("") == "''" and fmt("demo") == "demo" and fmt(None) == "None" and fmt(True) == "True"
+
+
+def test_choice_fields_list_what_they_accept():
+    assert configuration.choices("ensemble.format") == ("netcdf", "zarr")
+    assert "def" in configuration.choices("ensemble.perturbation")

@@ -486,6 +486,36 @@ def test_spread_error_table_adds_up_to_the_scores(bootstrap_evaluation):
             assert ((low <= rmse + 1e-9) & (rmse <= high + 1e-9)).all()
 
 
+def test_brier_decomposition_rows_from_the_reliability_table(bootstrap_evaluation):
+    """scores.csv's Murphy (1973) terms of each ensemble event = those of reliability.csv's bins in float64 NumPy
+    (n_b points, mean probability p̄_b, observed frequency ō_b per bin): REL = Σ n_b (p̄_b − ō_b)² / N,
+    RES = Σ n_b (ō_b − ō)² / N, UNC = ō (1 − ō); counts over grid points (weighting uniform), every cycle."""
+    root, _ = bootstrap_evaluation
+    _, scores = read_csv(root / "eval" / "scores.csv")
+    _, rel_rows = read_csv(root / "eval" / "reliability.csv")
+    checked = 0
+    for lead in (1, 3):
+        for t in (f"{thr:g}" for thr in THRESHOLDS):
+            rows = [r for r in rel_rows if r["system"] == "def" and r["threshold"] == t and r["lead_hours"] == str(lead)]
+            n_b = np.array([float(r["count"]) for r in rows])
+            filled = n_b > 0
+            p_b = np.array([float(r["forecast_probability"]) for r in rows])[filled]
+            o_b = np.array([float(r["observed_frequency"]) for r in rows])[filled]
+            n_b = n_b[filled]
+            total, o_all = n_b.sum(), np.sum(n_b * o_b) / n_b.sum()
+            expected = {"brier_reliability": np.sum(n_b * (p_b - o_b) ** 2) / total,
+                        "brier_resolution": np.sum(n_b * (o_b - o_all) ** 2) / total,
+                        "brier_uncertainty": o_all * (1 - o_all)}
+            for name, ref in expected.items():
+                [row] = [r for r in scores if r["system"] == "def" and r["variable"] == "refc" and r["score"] == name
+                         and r["threshold"] == t and r["lead_hours"] == str(lead)]
+                assert float(row["value"]) == pytest.approx(ref, rel=1e-6, abs=1e-9), (name, t, lead)
+                assert row["weighting"] == "uniform" and row["count"] == "5"
+                checked += 1
+    assert checked == 12
+    assert not any(r["score"].startswith("brier_") and r["system"] != "def" for r in scores)  # ensembles only
+
+
 def test_bad_scores_by_cycle_are_named(bootstrap_evaluation, tmp_path):
     root, _ = bootstrap_evaluation
     with pytest.raises(UserError, match=r"nowhere/scores_by_cycle.csv: not found"):

@@ -97,20 +97,55 @@ def test_direct_mode_forecast(mini_store, trained_workdir, tmp_path):
 def test_tune_picks_the_best_calibrated_setting_compiling_one_rollout(mini_store, trained_workdir, tmp_path,
                                                                        monkeypatch):
     """The λ grid on validation cycles: one row per setting, the chosen one has the smallest mean |log SSR|, the
-    forecasts come from the validation period only, and every λ of a K runs the same compiled rollout (λ traced)."""
+    forecasts come from the validation period only, and every λ of a K runs the same compiled rollout (λ traced):
+    XLA compiles during the first forecast cycle only, never again for the second cycle or another λ (1.0
+    included, which outside tuning would take the one-half shortcut)."""
+    import jax
     import pandas as pd
 
     from def_jax.forecast import run as forecast_run
     from def_jax.tuning import tune
 
-    built = []
+    built, programs = [], []
     original = forecast_run.build_program
-    monkeypatch.setattr(forecast_run, "build_program", lambda spec, *a: built.append(spec) or original(spec, *a))
+
+    def build_program(spec, *a):
+        built.append(spec)
+        programs.append(original(spec, *a))
+        return programs[-1]
+
+    monkeypatch.setattr(forecast_run, "build_program", build_program)
+    compiles: list[list[str]] = []  # the backend compilations (function names) during each forecast cycle
+    in_cycle = []
+
+    def on_duration(event, _seconds, **kw):
+        if event == "/jax/core/compile/backend_compile_duration" and in_cycle:
+            compiles[-1].append(kw.get("fun_name"))
+
+    run_cycle = forecast_run.Forecaster.run_cycle
+
+    def counted_cycle(self, *a, **k):
+        compiles.append([])
+        in_cycle.append(True)
+        try:
+            return run_cycle(self, *a, **k)
+        finally:
+            in_cycle.pop()
+
+    monkeypatch.setattr(forecast_run.Forecaster, "run_cycle", counted_cycle)
     workdir, _ = trained_workdir
     cfg = config(mini_store, members=3, lead_hours=2)
     cfg.sampler.steps = 2
-    result = tune(cfg, workdir, tmp_path, scales=[0.2, 0.6, 1.0], walks=[1], every_hours=4, max_cycles=2,
-                  log=lambda m: None)
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    try:
+        result = tune(cfg, workdir, tmp_path, scales=[0.2, 0.6, 1.0], walks=[1], every_hours=4, max_cycles=2,
+                      log=lambda m: None)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_duration)
+    # 3 λ × 2 cycles; the first cycle compiles the rollout programs (jit(program)) and small helpers
+    assert len(compiles) == 6 and "jit(program)" in compiles[0], compiles
+    assert not any(compiles[1:]), compiles  # nothing compiles again: not for a second cycle, not for another λ
+    assert [p._cache_size() for p in programs] == [1] * len(programs)
     table = pd.read_csv(result["table"])
     assert list(table.scale) == [0.2, 0.6, 1.0] and (table.cycles == 2).all() and (table.perturbation == "def").all()
     assert result["best"]["mean_abs_log_ssr"] == table.mean_abs_log_ssr.min()
@@ -118,7 +153,7 @@ def test_tune_picks_the_best_calibrated_setting_compiling_one_rollout(mini_store
     inits = sorted(p.name for p in (tmp_path / "K1_lambda0.2" / "forecasts").glob("*.nc"))
     assert inits == ["forecast_20240602T16.nc", "forecast_20240602T20.nc"]  # data.val_period 2024-06-02T16–T23
     ensemble_programs = [s for s in built if s.perturbs]
-    assert len(ensemble_programs) == 1 and ensemble_programs[0].guidance == "guided", built
+    assert len(ensemble_programs) == 1 and ensemble_programs[0].static_guidance is None, built
     assert len(built) == 2  # and the deterministic rollout
 
 

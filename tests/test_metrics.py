@@ -10,7 +10,7 @@ import pytest
 import scoringrules as sr
 from scipy import stats
 
-from def_jax.evaluation import metrics
+from def_jax.evaluation import authors_metrics, metrics, scores
 from def_jax.geo import HRRR_CONUS, LambertConformal
 
 
@@ -234,6 +234,36 @@ def test_brier_score_and_decomposition():
     assert float(metrics.brier_score(prob2, event)) != pytest.approx(float(rel2 - res2 + unc2), abs=1e-6)
 
 
+def test_brier_decomposition_scores_against_a_float64_derivation_from_the_points():
+    """The registry's brier_reliability/resolution/uncertainty (scores.SCORES) on pooled reliability counts, fields
+    and resamples batched [k, 3, bins, R], against Murphy's terms derived point by point in float64 NumPy:
+    REL = mean (p̄_b(i) − ō_b(i))², RES = mean (ō_b(i) − ō)², UNC = ō (1 − ō), with b(i) the bin of point i; and
+    REL − RES + UNC = the Brier score of the binned probabilities, mean (p̄_b(i) − o_i)²."""
+    rng = np.random.default_rng(11)
+    bins, n = 10, 4000
+    counts, expected = [], []
+    for m in (4, 7, 20):  # ensemble fractions j/M; with 20 members two values share a bin
+        prob = rng.integers(0, m + 1, n) / m
+        event = (rng.uniform(size=n) < np.clip(0.8 * prob + 0.1 * rng.uniform(size=n), 0, 1)).astype(np.float64)
+        b = np.minimum(np.floor(prob * bins).astype(int), bins - 1)  # [N] bin of each point
+        n_b = np.bincount(b, minlength=bins).astype(np.float64)
+        s_p, s_o = np.bincount(b, prob, bins), np.bincount(b, event, bins)
+        counts.append(np.stack([n_b, s_p, s_o]))  # [3, bins]
+        p_bar, o_bin = (s_p / np.maximum(n_b, 1))[b], (s_o / np.maximum(n_b, 1))[b]  # [N]: the point's bin means
+        o_all = event.mean()
+        rel, res, unc = np.mean((p_bar - o_bin) ** 2), np.mean((o_bin - o_all) ** 2), o_all * (1 - o_all)
+        assert rel - res + unc == pytest.approx(np.mean((p_bar - event) ** 2), rel=1e-12)
+        expected.append((rel, res, unc))
+    pooled = np.stack(counts)[..., None] * np.array([1.0, 3.0])  # [3 fields, 3, bins, R = 2]: scaling keeps the terms
+    members = np.array([[4.0], [7.0], [20.0]])
+    by_name = {s.name: s for s in scores.SCORES}
+    for j, name in enumerate(("brier_reliability", "brier_resolution", "brier_uncertainty")):
+        got = by_name[name].compute(members, pooled)  # [3, 2]
+        assert got.shape == (3, 2) and got.dtype == np.float64
+        np.testing.assert_allclose(got, np.repeat(np.array(expected)[:, j:j + 1], 2, axis=1), rtol=1e-12, atol=1e-15)
+        assert not by_name[name].area_weighted
+
+
 def test_reliability_curve_bins():
     prob = np.array([0.0, 0.05, 0.15, 0.95, 1.0])
     event = np.array([0, 1, 0, 1, 1])
@@ -336,14 +366,14 @@ def test_area_weights():
 
 
 def test_authors_table_variants():
-    authors_crps = jax.jit(metrics.authors_table_crps, static_argnames="member_axis")
+    authors_crps = jax.jit(authors_metrics.authors_table_crps, static_argnames="member_axis")
     x = np.array([[0.0, 2.0], [2.0, 2.0]])  # [M=2, 2 points]
     y = np.array([0.0, 1.0])
     # One pair (the two members): |x̄ − y| − ½ |x_1 − x_2|.
     np.testing.assert_allclose(authors_crps(x, y, jax.random.key(0)), [1.0 - 1.0, 1.0 - 0.0])
     # RMSE(x̄ − y) over the points − ½ · RMSE(x_2 − x_1).
     expected = np.sqrt((1 + 1) / 2) - 0.5 * np.sqrt((4 + 0) / 2)
-    assert float(metrics.authors_table_energy(x, y, event_axes=-1)) == pytest.approx(expected)
+    assert float(authors_metrics.authors_table_energy(x, y, event_axes=-1)) == pytest.approx(expected)
     # Five members: two disjoint random pairs; the odd one out is not used.
     rng = np.random.default_rng(7)
     x5, y5 = rng.normal(size=(5, 6)), rng.normal(size=6)

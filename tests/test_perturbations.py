@@ -10,7 +10,8 @@ import pytest
 from test_rollout import SCHEDULE, C, H, W, eps_net, forecast_fn, inputs
 
 from def_jax import parallel
-from def_jax.diffusion.samplers import make_sampler
+from def_jax.diffusion.sampler_configs import DPMSolverPP
+from def_jax.diffusion.samplers import static_guidance
 from def_jax.forecast import perturbations as pert
 from def_jax.forecast.rollout import InitialSpec, RolloutSpec, initial_inputs, make_initial, make_rollout
 
@@ -40,7 +41,7 @@ def test_rescale_rms_sets_each_member_and_channel():
 
 @functools.lru_cache(maxsize=None)
 def step_program(spec):
-    return jax.jit(make_rollout(forecast_fn, eps_net, make_sampler("dpm_solver_pp", steps=6), SCHEDULE, spec))
+    return jax.jit(make_rollout(forecast_fn, eps_net, DPMSolverPP(steps=6).sampler(), SCHEDULE, spec))
 
 
 def run_noise(members, kind, scale, *, steps=2, length=1.5, mesh=None, data=None):
@@ -143,9 +144,8 @@ def test_initial_noise_only_touches_the_newest_state(kind):
 def run_def(members, guidance, conditional, eps=eps_net, steps=1):
     data = inputs(steps)
     spec = RolloutSpec(walks=1, lead_steps=steps, conditional=conditional,
-                       guidance="guided" if guidance not in (0.0, 1.0) else
-                       {1.0: "conditional", 0.0: "unconditional"}[guidance])
-    program = jax.jit(make_rollout(forecast_fn, eps, make_sampler("dpm_solver_pp", steps=12), SCHEDULE, spec))
+                       static_guidance=static_guidance(guidance))
+    program = jax.jit(make_rollout(forecast_fn, eps, DPMSolverPP(steps=12).sampler(), SCHEDULE, spec))
     st = np.broadcast_to(data["state"][None], (len(members),) + data["state"].shape)
     _, out = program(st, jnp.asarray(members, jnp.int32), jax.random.PRNGKey(0), jnp.int32(0), data["forcings"],
                      data["tf"], data["statics"], jnp.float32(guidance))

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from def_jax import parallel
-from def_jax.diffusion.samplers import make_sampler
+from def_jax.diffusion.sampler_configs import DDIM, sampler_from_config
+from def_jax.diffusion.samplers import static_guidance
 from def_jax.diffusion.schedules import make_schedule
-from def_jax.forecast.rollout import RolloutSpec, guidance_kind, make_rollout, required_inputs
+from def_jax.forecast.rollout import RolloutSpec, make_rollout, required_inputs
 from def_jax.models.networks import direct_condition
 
 H, W, C, CF, F = 6, 5, 3, 1, 4
@@ -51,7 +52,7 @@ def inputs(steps, k=1, seed=0):
 
 @functools.lru_cache(maxsize=None)
 def compiled(spec, sampler, sampler_steps):
-    sample = make_sampler(sampler, steps=sampler_steps)
+    sample = sampler_from_config({"name": sampler, "steps": sampler_steps})
     return jax.jit(make_rollout(forecast_fn, eps_net, sample, SCHEDULE, spec, condition_fn=direct_condition))
 
 
@@ -59,7 +60,7 @@ def run(members, *, steps=3, walks=1, guidance=0.5, sampler="dpm_solver_pp", sam
         residual=False, mesh=None, step0=0, data=None, states=None, key=0):
     data = data or inputs(steps, k)
     spec = RolloutSpec(mode=mode, walks=walks, history=k, forecaster_history=1, residual=residual,
-                       guidance=guidance_kind(guidance), lead_steps=steps)
+                       static_guidance=static_guidance(guidance), lead_steps=steps)
     program = compiled(spec, sampler, sampler_steps)
     b = len(members)
     st = states if states is not None else np.broadcast_to(data["state"][None], (b,) + data["state"].shape)
@@ -161,7 +162,9 @@ def test_direct_mode_samples_from_the_condition_and_adds_the_forecast_in_the_res
 def test_invalid_specs_are_rejected():
     with pytest.raises(ValueError, match="mode"):
         RolloutSpec(mode="ensemble")
+    with pytest.raises(ValueError, match="static_guidance"):
+        RolloutSpec(static_guidance=0.5)  # a λ other than 1 or 0 is the program's traced argument
     with pytest.raises(ValueError, match="needs the forecaster"):
-        make_rollout(None, eps_net, make_sampler("ddim", steps=2), SCHEDULE, RolloutSpec())
+        make_rollout(None, eps_net, DDIM(steps=2).sampler(), SCHEDULE, RolloutSpec())
     with pytest.raises(ValueError, match="condition_fn"):
-        make_rollout(forecast_fn, eps_net, make_sampler("ddim", steps=2), SCHEDULE, RolloutSpec(mode="direct"))
+        make_rollout(forecast_fn, eps_net, DDIM(steps=2).sampler(), SCHEDULE, RolloutSpec(mode="direct"))

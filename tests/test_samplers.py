@@ -7,12 +7,15 @@ and the probability-flow ODE is linear in x, so its flow preserves the standardi
 Both are derived here again in float64 NumPy (independently of def_jax.diffusion.gaussian).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+from def_jax.diffusion import sampler_configs as SC
 from def_jax.diffusion import samplers as S
 from def_jax.diffusion import solver_coefficients as sc
 from def_jax.diffusion.schedules import make_schedule
@@ -108,7 +111,8 @@ def test_adaptive_converges_as_tolerance_tightens(problem):
     for order in (2, 3):
         errs, nfes = [], []
         for tol in (1e-2, 1e-4):  # local error control: the global error follows the tolerance, not exactly
-            out, info = S.dpm_solver_pp_adaptive(problem.eps_fn, x, problem.sched, order=order, atol=tol, rtol=tol)
+            out, info = S.dpm_solver_pp_adaptive(problem.eps_fn, x, problem.sched, order=order, atol=tol, rtol=tol,
+                                                 max_nfe=1000)
             assert abs(float(info.t_final) - 1e-3) < 1e-5 and int(info.accepted) > 0
             errs.append(max_err(out, ref))
             nfes.append(int(info.nfe))
@@ -262,6 +266,8 @@ def test_guidance_limits_and_single_batched_call():
     np.testing.assert_allclose(S.guided_eps(net, 1.0, cond)(x, t), eps_c, rtol=1e-6)
     np.testing.assert_allclose(S.guided_eps(net, 0.0, cond)(x, t), eps_u, rtol=1e-6)
     assert calls == [4, 4]  # λ = 1 and λ = 0 as Python numbers: only the needed half
+    assert [S.static_guidance(v) for v in (1, 1.0, 0.0, np.float64(0.0), 0.3, jnp.float32(1.0))] == [
+        1.0, 1.0, 0.0, 0.0, None, None]
     calls.clear()
     # Traced λ (no shortcut): the formula, from ONE network call on the doubled batch.
     guided = jax.jit(lambda lam, x: S.guided_eps(net, lam, cond)(x, t))
@@ -346,15 +352,54 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="PRNG key"):
         S.ddim(eps, x, sched, steps=5, eta=0.5)
     with pytest.raises(ValueError, match="does not use eta"):
-        S.make_sampler("dpm_solver_pp", steps=10, eta=0.5)
+        SC.sampler_from_config({"name": "dpm_solver_pp", "steps": 10, "eta": 0.5})
     with pytest.raises(ValueError, match="order"):
-        S.make_sampler("dpm_solver_pp_adaptive", steps=10, order=1)
+        SC.sampler_from_config({"name": "dpm_solver_pp_adaptive", "steps": 10, "order": 1})
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        SC.DDIM(steps=0)
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        SC.DDIM(steps=5, eta=-1.0)
+    with pytest.raises(ValueError, match="x0_clip"):
+        SC.DDPM(steps=5, x0_clip=0.0)
+    with pytest.raises(ValueError, match="'ddim' needs steps"):
+        SC.sampler_config({"name": "ddim"})
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        SC.sampler_config({"name": "euler", "steps": 5})
 
 
-@pytest.mark.parametrize("name", S.SAMPLERS)
-def test_make_sampler_runs_every_sampler(problem, name):
+def test_a_field_the_named_sampler_does_not_use_must_keep_its_default():
+    """The rule of a flat ``config.sampler`` section, derived from the dataclasses' fields: for every sampler and every
+    field with a default that its dataclass lacks, a changed value is rejected naming it and the default passes; the
+    fields it has reach its dataclass; ``steps`` (no default) passes to the adaptive sampler, which chooses its own."""
+    changed = {"order": 3, "method": "singlestep", "spacing": "time_uniform", "lower_order_final": False,
+               "eta": 0.5, "atol": 1e-3, "rtol": 1e-3, "max_nfe": 50, "t_end": 2e-3, "denoise_to_zero": True,
+               "x0_clip": 5.0}
+    assert set(changed) == set(SC.FIELD_DEFAULTS) and SC.FIELDS == set(SC.FIELD_DEFAULTS) | {"steps"}
+    for name, cls in SC.SAMPLER_CONFIGS.items():
+        own = {f.name for f in dataclasses.fields(cls)}
+        base = {"name": name, "steps": 7, **SC.FIELD_DEFAULTS}
+        assert SC.sampler_config(base) == cls(**{k: v for k, v in base.items() if k in own})
+        for field, value in changed.items():
+            if field in own:
+                assert getattr(SC.sampler_config(base | {field: value}), field) == value
+            else:
+                with pytest.raises(ValueError, match=f"sampler '{name}' does not use {field};"):
+                    SC.sampler_config(base | {field: value})
+    assert SC.sampler_config({"name": "dpm_solver_pp_adaptive", "steps": 999}) == SC.DPMSolverPPAdaptive()
+
+
+def test_the_presets_take_the_sampler_defaults_from_the_dataclasses():
+    from configs.presets import get_config
+
+    section = get_config("era5_paper").sampler.to_dict()
+    assert {k: section[k] for k in SC.FIELD_DEFAULTS} == SC.FIELD_DEFAULTS
+    assert SC.sampler_config(section) == SC.DPMSolverPP(steps=section["steps"])
+
+
+@pytest.mark.parametrize("name", SC.SAMPLERS)
+def test_sampler_from_config_runs_every_sampler(problem, name):
     kw = {"spacing": "time_uniform"} if name in ("ddim", "ddpm") else {}
-    sample = S.make_sampler(name, steps=200, **kw)
+    sample = SC.sampler_from_config({"name": name, "steps": 200, **kw})
     x = jnp.asarray(x_T())
     out = sample(problem.eps_fn, x, problem.sched, jax.random.key(0))
     assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
@@ -365,7 +410,8 @@ def test_make_sampler_runs_every_sampler(problem, name):
 def test_clipped_eps_thresholds_the_data_prediction():
     """x̂_0 of the wrapped ε is clip(x̂_0, ±c); with a bound the data never reaches, samples are unchanged."""
     from def_jax.diffusion.gaussian import gaussian_eps_fn
-    from def_jax.diffusion.samplers import clipped_eps, data_prediction, make_sampler
+    from def_jax.diffusion.sampler_configs import DPMSolverPP
+    from def_jax.diffusion.samplers import clipped_eps, data_prediction
 
     sch = make_schedule("cosine", 1000)
     wild = lambda x, t: 0.3 * x + 0.5  # noqa: E731  a poor ε model: x̂_0 explodes near t = 1
@@ -376,12 +422,12 @@ def test_clipped_eps_thresholds_the_data_prediction():
         clipped = data_prediction(clipped_eps(wild, sch, 3.0), sch, x, t)
         # float32: the round trip through σ_t and 1/α_t (α_1 ≈ 5e-5) costs ~1e-3 absolute at t = 1
         np.testing.assert_allclose(clipped, jnp.clip(raw, -3.0, 3.0), rtol=0, atol=2e-3)
-    bad = make_sampler("dpm_solver_pp", steps=10)(wild, x, sch, None)
-    good = make_sampler("dpm_solver_pp", steps=10, x0_clip=3.0)(wild, x, sch, None)
+    bad = DPMSolverPP(steps=10).sampler()(wild, x, sch, None)
+    good = DPMSolverPP(steps=10, x0_clip=3.0).sampler()(wild, x, sch, None)
     # the 2nd-order extrapolation of clipped x̂_0 may step slightly past c; the final σ_t x_T term is tiny
     assert float(jnp.abs(bad).max()) > 100 and float(jnp.abs(good).max()) < 3.1
     mean, std = jnp.float32(0.5), jnp.float32(0.8)
     exact = gaussian_eps_fn(sch, mean, std)
-    a = make_sampler("dpm_solver_pp", steps=10)(exact, x, sch, None)
-    b = make_sampler("dpm_solver_pp", steps=10, x0_clip=50.0)(exact, x, sch, None)
+    a = DPMSolverPP(steps=10).sampler()(exact, x, sch, None)
+    b = DPMSolverPP(steps=10, x0_clip=50.0).sampler()(exact, x, sch, None)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -20,7 +20,8 @@ from def_jax import parallel
 from def_jax.data.pipeline import make_loader
 from def_jax.errors import UserError
 from def_jax.training.logging import latest_per_step, read_metrics
-from def_jax.training.loop import TrainingDiverged, build_run, stack_micro_batches, train
+from def_jax.training.loop import TrainingDiverged, train
+from def_jax.training.run import build_run, stack_micro_batches
 from def_jax.training.state import init_train_state, make_optimizer, make_train_step
 
 EXE = str(Path(sys.executable).parent / "def-jax")

@@ -32,9 +32,10 @@ from def_jax import parallel
 from def_jax.bench import attention_used, peak_device_memory_gb
 from def_jax.bench.sampler import _flops
 from def_jax.bench.sampler import _median_seconds as _timed
-from def_jax.diffusion.samplers import make_sampler
+from def_jax.diffusion.sampler_configs import sampler_from_config
+from def_jax.diffusion.samplers import static_guidance
 from def_jax.diffusion.schedules import make_schedule
-from def_jax.forecast.rollout import RolloutSpec, guidance_kind, make_rollout, member_keys, perturb, sample_members
+from def_jax.forecast.rollout import RolloutSpec, make_rollout, member_keys, perturb, sample_members
 
 
 def _median(fn: Callable[[], Any], repeats: int) -> float:
@@ -62,8 +63,7 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
     from flax import nnx
 
     from def_jax.models.networks import def_condition, direct_condition
-    from def_jax.training.info import config_channels
-    from def_jax.training.loop import build_denoiser, build_forecaster, init_params, null_prior
+    from def_jax.models.build import build_denoiser, build_forecaster, config_channels, init_params, null_prior
 
     direct = cfg.diffusion.mode == "direct"
     residual = direct and bool(cfg.diffusion.direct_residual)
@@ -85,15 +85,15 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
     d_graph, d_params = init_params(lambda: build_denoiser(cfg, channels, 1, null_prior(cfg, None)), rep)
     f_graph, f_params = init_params(lambda: build_forecaster(cfg, channels, 0), rep)
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_steps)
-    sample = make_sampler(**cfg.sampler.to_dict())
+    sample = sampler_from_config(cfg.sampler)
     lam = float(cfg.ensemble.guidance_scale)
     walks = 0 if direct else max(int(cfg.ensemble.walks), 1)
     conditional = "network" if direct else str(cfg.diffusion.conditional)
     mode = "direct" if direct else "def"
     spec1 = RolloutSpec(mode=mode, walks=1, history=k, forecaster_history=kf, residual=residual,
-                        guidance=guidance_kind(lam), conditional=conditional)
+                        static_guidance=static_guidance(lam), conditional=conditional)
     # the exact conditional branch is not a network call: the guided batch is then B
-    guided_batch = batch * (2 if spec1.guidance == "guided" and conditional == "network" else 1)
+    guided_batch = batch * (2 if spec1.static_guidance is None and conditional == "network" else 1)
     h, w, c = height, width, channels.state
     rng = np.random.default_rng(0)
     x_host = rng.normal(size=(batch, h, w, c)).astype(np.float32)
@@ -153,7 +153,7 @@ def run_unet_bench(cfg: ml_collections.ConfigDict, *, batch: int, height: int, w
 
     # the full rollout: L steps × (K walks + G_φ), or L direct samples (+ G_φ in the residual variant)
     spec = RolloutSpec(mode=mode, walks=walks, history=k, forecaster_history=kf, residual=residual,
-                       guidance=guidance_kind(lam), lead_steps=lead_steps, conditional=conditional)
+                       static_guidance=static_guidance(lam), lead_steps=lead_steps, conditional=conditional)
 
     def program(fp, dp, states, ids, key, forcings, tfs, statics):
         r = make_rollout(g_fn(fp), eps_net(dp), sample, schedule, spec, condition_fn=direct_condition)

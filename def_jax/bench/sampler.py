@@ -1,6 +1,6 @@
-"""``def-jax bench sampler``: throughput of the reverse-diffusion solvers (first version).
-
-Until the U-Net denoiser exists (issue 4) the network is a stand-in:
+"""``def-jax bench sampler --eps=conv|analytic``: throughput of the reverse-diffusion solvers with a stand-in
+ε-network, so that the numbers are the solver's own (the default ``--eps=unet``, the config's U-Net denoiser inside
+the DEF rollout, is :mod:`def_jax.bench.rollout`):
 
 * ``conv``: a small convolutional ε-network (3×3 conv C→w, SiLU, 3×3 conv w→w plus a time embedding, SiLU,
   3×3 conv w→C), random weights passed as arguments of the compiled program (not baked-in constants);
@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from def_jax import parallel
-from def_jax.diffusion.samplers import dpm_solver_pp_adaptive, make_sampler
+from def_jax.diffusion.sampler_configs import DPMSolverPPAdaptive, sampler_config
 from def_jax.diffusion.schedules import make_schedule
 
 EPS_KINDS = ("conv", "analytic")
@@ -108,7 +108,8 @@ def run_sampler_bench(
         raise ValueError(f"eps must be one of {', '.join(EPS_KINDS)}; got {eps_kind!r}")
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_steps)
     sc = cfg.sampler
-    sample = make_sampler(**sc.to_dict())
+    solver = sampler_config(sc)
+    sample = solver.sampler()
     if eps_kind == "conv":
         params = conv_eps_init(jax.random.key(0), channels, net_width)
         eps_apply = conv_eps_apply
@@ -123,13 +124,10 @@ def run_sampler_bench(
     params = jax.device_put(params, parallel.replicated(mesh))
     key = jax.random.key(2)
 
-    if sc.name == "dpm_solver_pp_adaptive":
+    if isinstance(solver, DPMSolverPPAdaptive):  # its NFE is its own: the solve's statistics come back
 
         def program(params, x, key):
-            return dpm_solver_pp_adaptive(
-                lambda x, t: eps_apply(params, x, t), x, schedule, order=sc.order, t_end=sc.t_end, atol=sc.atol,
-                rtol=sc.rtol, max_nfe=sc.max_nfe, denoise_to_zero=sc.denoise_to_zero,
-            )
+            return solver.solve_with_info(lambda x, t: eps_apply(params, x, t), x, schedule)
 
     else:
 

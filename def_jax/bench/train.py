@@ -38,7 +38,7 @@ def bench_model(kind: str, cfg: ml_collections.ConfigDict, *, steps: int = 20, b
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Compile and time ``steps`` training updates of ``kind`` (forecaster | diffusion); a JSON-able dict."""
     from def_jax.data.pipeline import make_loader
-    from def_jax.training import loop
+    from def_jax.training import run as training_run
 
     if kind not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {kind!r}")
@@ -48,20 +48,20 @@ def bench_model(kind: str, cfg: ml_collections.ConfigDict, *, steps: int = 20, b
     tcfg = cfg.training[kind]
     batch_size, grad_accum = int(tcfg.batch_size), int(tcfg.grad_accum)
     # the run train-forecaster / train-diffusion builds; nothing is read from or written to the workdir
-    run = loop.build_run(kind, cfg, Path("."), log=lambda message: None, frozen="random")
+    run = training_run.build_run(kind, cfg, Path("."), log=lambda message: None, frozen="random")
 
     loader = make_loader(run.train_source, batch_size=batch_size, seed=int(cfg.seed), shuffle=True, num_epochs=None,
                          crop_shape=tuple(cfg.data.crop_shape), worker_count=0, shard_index=0, shard_count=1)
     with iter(loader) as it:  # one global batch, read once
         micro = [next(it) for _ in range(grad_accum)]
-    area = loop.area_weights(run.train_source.store) if kind == "forecaster" and tcfg.area_weights else None
-    batches = parallel.global_batch(loop.stack_micro_batches(micro, area), run.mesh, batch_axis=1)  # [A, B, ...]
+    area = run.train_source.store_reader.area_weights() if kind == "forecaster" and tcfg.area_weights else None
+    batches = parallel.global_batch(training_run.stack_micro_batches(micro, area), run.mesh, batch_axis=1)  # [A, B, ...]
     sample_shape = tuple(int(s) for s in batches["inputs"].shape[2:])  # [(T,) H, W, C] of one window's inputs
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.params))
 
     log(f"[{kind}] compiling the update: {n_params / 1e6:.2f} M parameters, global batch {batch_size}×{grad_accum}, "
         f"inputs {sample_shape}, {run.mesh.size} device(s)")
-    state, update = loop.update_program(run, steps + 1)
+    state, update = training_run.update_program(run, steps + 1)
     t0 = time.perf_counter()
     step_fn = update.lower(state, batches, run.frozen).compile()
     compile_s = time.perf_counter() - t0

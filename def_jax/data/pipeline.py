@@ -39,7 +39,8 @@ import grain
 import numpy as np
 
 from def_jax.data import schema, windows
-from def_jax.data.source import WindowSource, crop_region, store_time_axis, stride_for
+from def_jax.data.source import WindowSource, crop_region
+from def_jax.data.store import store_time_axis, stride_for
 from def_jax.errors import UserError
 
 SPLITS = ("train", "val", "test")

@@ -19,7 +19,10 @@ Samplers:
 * :func:`dpm_solver_pp_adaptive` -- DPM-Solver's error-controlled adaptive step size (Lu et al. 2022a, §4.2 and
   Alg. 4) with DPM-Solver++ updates (DPM-Solver-12 and -23);
 * :func:`ddim` (Song et al. 2021, η ≥ 0) and :func:`ddpm` (Ho et al. 2020, ancestral);
-* :func:`guided_eps` -- classifier-free guidance (Ho & Salimans 2022; DEF_METHOD §5) with one batched network call.
+* :func:`guided_eps` -- classifier-free guidance (Ho & Salimans 2022; DEF_METHOD §5) with one batched network call;
+  :func:`static_guidance` -- whether a guidance scale λ needs one half of the guided batch only (λ = 1 or 0).
+
+The solver a configuration names, with its settings' defaults: :mod:`def_jax.diffusion.sampler_configs`.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from def_jax.diffusion.timesteps import SPACINGS, resolve_time_range, time_grid
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 METHODS = ("multistep", "singlestep")
-SAMPLERS = ("dpm_solver_pp", "dpm_solver_pp_adaptive", "ddim", "ddpm")
 
 
 def data_prediction(eps_fn: EpsFn, schedule: VPSchedule, x: jax.Array, t: jax.Array) -> jax.Array:
@@ -231,12 +233,12 @@ def dpm_solver_pp_adaptive(
     order: int = 2,
     t_start: Optional[float] = None,
     t_end: Optional[float] = None,
-    atol: float = 0.0078,
-    rtol: float = 0.05,
+    atol: float,
+    rtol: float,
     h_init: float = 0.05,
     theta: float = 0.9,
     t_err: float = 1e-5,
-    max_nfe: int = 1000,
+    max_nfe: int,
     denoise_to_zero: bool = False,
 ) -> tuple[jax.Array, AdaptiveInfo]:
     """Adaptive step-size DPM-Solver++ (DPM-Solver-12 for order 2, -23 for order 3), a ``lax.while_loop``.
@@ -246,6 +248,9 @@ def dpm_solver_pp_adaptive(
     With δ = max(atol, rtol · max(|x_lower|, |x_prev|)) and E = max over the batch (leading axis) of the RMS of
     (x_higher − x_lower)/δ, the step is accepted if E ≤ 1, and h ← min(θ h E^{−1/order}, λ_end − λ_s)
     (Lu et al. 2022a, Alg. 4; Jolicoeur-Martineau et al. 2021). The step size is shared by the batch.
+
+    ``atol``, ``rtol`` and ``max_nfe`` have their configuration defaults in
+    :class:`~def_jax.diffusion.sampler_configs.DPMSolverPPAdaptive`.
 
     Returns ``(x, info)``. If ``max_nfe`` runs out before ``t_end`` is reached, ``x`` is all-NaN (never a silently
     unfinished sample) and ``info.t_final`` says where the solve stopped. ``denoise_to_zero`` as in
@@ -372,6 +377,17 @@ def ddpm(
 # -------------------------------------------------------------------------------------------------------------------
 
 
+def static_guidance(guidance_scale: float | jax.Array) -> Optional[float]:
+    """λ as a Python float when it is a number equal to 1 or 0; None for any other λ and for a traced one.
+
+    With ε̂ = ε(∅) + λ (ε(c) − ε(∅)), λ = 1 is ε(c) and λ = 0 is ε(∅): one half of the guided batch gives the same
+    result (an exact shortcut, taken by :func:`guided_eps`). Any other λ needs both halves.
+    """
+    if isinstance(guidance_scale, (int, float, np.integer, np.floating)) and guidance_scale in (0, 1):
+        return float(guidance_scale)
+    return None
+
+
 def guided_eps(
     eps_cond_uncond_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
     guidance_scale: float | jax.Array,
@@ -385,7 +401,8 @@ def guided_eps(
       eps_cond_uncond_fn: the conditional network ``f(x, t, c) -> ε`` for a batch [B, ...]; the null condition ∅
         (zeros by default, as in training) gives its unconditional output.
       guidance_scale: λ. 1 → purely conditional, 0 → unconditional, in between → larger perturbations (DEF).
-        May be a traced value. A Python 1.0 or 0.0 evaluates only the needed half (exactly the same result).
+        May be a traced value. A number equal to 1 or 0 (:func:`static_guidance`) evaluates only the needed half
+        (exactly the same result).
       condition: c, [B, ...].
       null_condition: ∅; defaults to ``zeros_like(condition)``.
       conditional_eps: ε(x, t, c) in closed form, ``eps(x, t)`` (e.g. ``gaussian_eps_fn(schedule, c, 0)``, DEF's
@@ -396,11 +413,12 @@ def guided_eps(
       one call on [B, ...].
     """
     null = jnp.zeros_like(condition) if null_condition is None else null_condition
+    fixed = static_guidance(guidance_scale)
 
     def eps_fn(x: jax.Array, t: jax.Array) -> jax.Array:
-        if isinstance(guidance_scale, (int, float)) and guidance_scale == 1:
+        if fixed == 1.0:  # ε(c) only
             return eps_cond_uncond_fn(x, t, condition) if conditional_eps is None else conditional_eps(x, t)
-        if isinstance(guidance_scale, (int, float)) and guidance_scale == 0:
+        if fixed == 0.0:  # ε(∅) only
             return eps_cond_uncond_fn(x, t, null)
         if conditional_eps is not None:
             eps_uncond = eps_cond_uncond_fn(x, t, null)  # [B, ...]
@@ -432,74 +450,3 @@ def clipped_eps(eps_fn: EpsFn, schedule: VPSchedule, x0_clip: float) -> EpsFn:
         return ((x - a * x0) / s).astype(x.dtype)
 
     return eps
-
-
-# -------------------------------------------------------------------------------------------------------------------
-# From configuration
-# -------------------------------------------------------------------------------------------------------------------
-
-
-def make_sampler(
-    name: str,
-    *,
-    steps: int,
-    order: int = 2,
-    method: str = "multistep",
-    spacing: str = "logSNR",
-    t_end: Optional[float] = None,
-    lower_order_final: bool = True,
-    denoise_to_zero: bool = False,
-    eta: float = 0.0,
-    atol: float = 0.0078,
-    rtol: float = 0.05,
-    max_nfe: int = 1000,
-    x0_clip: Optional[float] = None,
-) -> Callable[[EpsFn, jax.Array, VPSchedule, jax.Array], jax.Array]:
-    """A uniform ``sample(eps_fn, x_T, schedule, key) -> x`` for the sampler a configuration names.
-
-    Keywords that a sampler has no use for are rejected (``ValueError`` naming them) unless they keep their default,
-    so no setting is silently ignored: ``order/method/lower_order_final/spacing`` belong to ``dpm_solver_pp``,
-    ``order/atol/rtol/max_nfe`` to ``dpm_solver_pp_adaptive``, ``eta`` to ``ddim``. ``steps`` drives every sampler
-    but the adaptive one, which chooses its own steps (its NFE is reported by ``dpm_solver_pp_adaptive``) and returns
-    NaN when it cannot reach ``t_end`` within ``max_nfe``. ``x0_clip`` (None = off) thresholds the data prediction
-    to [−x0_clip, x0_clip] (:func:`clipped_eps`).
-    """
-    _check_choice("sampler", name, SAMPLERS)
-    _check_choice("order", order, (2, 3) if name == "dpm_solver_pp_adaptive" else (1, 2, 3))
-    _check_choice("method", method, METHODS)
-    _check_choice("spacing", spacing, SPACINGS)
-    if steps < 1 or eta < 0:
-        raise ValueError(f"need steps >= 1 and eta >= 0; got steps={steps}, eta={eta}")
-    if x0_clip is not None and not x0_clip > 0:
-        raise ValueError(f"x0_clip must be > 0 (or None); got {x0_clip}")
-    given = dict(order=order, method=method, lower_order_final=lower_order_final, eta=eta, atol=atol, rtol=rtol,
-                 max_nfe=max_nfe, spacing=spacing)
-    defaults = dict(order=2, method="multistep", lower_order_final=True, eta=0.0, atol=0.0078, rtol=0.05,
-                    max_nfe=1000, spacing="logSNR")
-    used = {
-        "dpm_solver_pp": {"order", "method", "lower_order_final", "spacing"},
-        "dpm_solver_pp_adaptive": {"order", "atol", "rtol", "max_nfe"},
-        "ddim": {"eta", "spacing"},
-        "ddpm": {"spacing"},
-    }[name]
-    unused = sorted(k for k in given if k not in used and given[k] != defaults[k])
-    if unused:
-        raise ValueError(f"sampler {name!r} does not use {', '.join(unused)}; leave them at their defaults")
-
-    def sample(eps_fn: EpsFn, x_T: jax.Array, schedule: VPSchedule, key: jax.Array) -> jax.Array:
-        if x0_clip is not None:
-            eps_fn = clipped_eps(eps_fn, schedule, float(x0_clip))
-        if name == "dpm_solver_pp":
-            return dpm_solver_pp(eps_fn, x_T, schedule, steps=steps, order=order, method=method, spacing=spacing,
-                                 t_end=t_end, lower_order_final=lower_order_final, denoise_to_zero=denoise_to_zero)
-        if name == "dpm_solver_pp_adaptive":
-            x, _ = dpm_solver_pp_adaptive(eps_fn, x_T, schedule, order=order, t_end=t_end, atol=atol, rtol=rtol,
-                                          max_nfe=max_nfe, denoise_to_zero=denoise_to_zero)
-            return x
-        if name == "ddim":
-            return ddim(eps_fn, x_T, schedule, steps=steps, eta=eta, spacing=spacing, t_end=t_end,
-                        key=key if eta > 0 else None, denoise_to_zero=denoise_to_zero)
-        return ddpm(eps_fn, x_T, schedule, key=key, steps=steps, spacing=spacing, t_end=t_end,
-                    denoise_to_zero=denoise_to_zero)
-
-    return sample

@@ -1,4 +1,4 @@
-"""Bootstrap confidence intervals over forecast cycles: pure NumPy, no I/O.
+"""Bootstrap confidence intervals over forecast cycles: NumPy (and the registry's score formulas), no I/O.
 
 Every score of ``def-jax evaluate`` pools cycles: it is a function of per-cycle sufficient statistics summed or
 averaged over the cycles (:mod:`def_jax.evaluation.tables`). Resampling the cycles with replacement (Efron &
@@ -9,15 +9,13 @@ pooled quantity becomes
     sums (Brier, contingency, FSS, reliability and spread–error counts):  Σ_i c_i s_i
     means over cycles (MSE, MAE, bias, CRPS, variance, energy):          Σ_i c_i s_i / Σ_i c_i
 
-with i running over the cycles in which the field was scored. One matrix product per quantity covers all R
-resamples (the fields' per-cycle values [K, n] times the counts [n, R]; arrays keep the resamples last, [K, …, R], so
-that each field's R values are contiguous for the percentiles). The scores follow from the pooled quantities by ``tables.score_rows``' formulas:
-``rmse`` = sqrt(MSE), ``spread`` = sqrt(variance), ``ssr`` = sqrt((M+1)/M) · spread / rmse, ``crps`` (fair or standard;
-single forecasts: their MAE), ``observed_frequency`` = Σ w o / Σ w, ``brier`` = Σ w (p − o)² / Σ w, ``bss`` = 1 − Σ w
-(p − o)² / Σ w (p_clim − o)² (NaN when no event is in the resample), ``csi``, ``pod``, ``far`` from the summed
-contingency table, ``fss`` = 1 − Σ num / Σ den; plus the skill ratios of each ensemble system against the
-``deterministic`` system of the same variable, level and lead (where the two were scored in the same cycles),
-``crps_over_deterministic_mae`` and ``rmse_over_deterministic_rmse``.
+with i running over the cycles in which the field was scored (the pooling of each statistic is the registry's,
+:data:`def_jax.evaluation.scores.STATISTICS`). One matrix product per quantity covers all R resamples (the fields'
+per-cycle values [K, n] times the counts [n, R]; arrays keep the resamples last, [K, …, R], so that each field's R
+values are contiguous for the percentiles). The scores follow from the pooled quantities by the registry's formulas
+(:data:`def_jax.evaluation.scores.SCORES`, the same that make the tables), plus the skill ratios of each ensemble
+system against the ``deterministic`` system of the same variable, level and lead (where the two were scored in the
+same cycles), ``crps_over_deterministic_mae`` and ``rmse_over_deterministic_rmse``.
 
 Pairing: one count matrix serves every system and score, so a ratio or a difference of two scores has its own
 interval, from the ratio or difference in each resample. Several evaluations of the same cycles (e.g. training seeds)
@@ -37,10 +35,10 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-MEAN_QUANTITIES = ("mse", "mae", "bias", "crps_fair", "crps_standard", "var", "energy")  # per-field means
-SUM_QUANTITIES = ("brier", "contingency", "fss", "reliability", "spread_error")  # per-field sums
-QUANTITIES = MEAN_QUANTITIES + SUM_QUANTITIES
-SCORE_QUANTITIES = QUANTITIES[:-2]  # what the scores of scores.csv are made of (the binned ones are not)
+from def_jax.evaluation.scores import SCORE_STATISTICS, SCORES, STATISTICS
+
+QUANTITIES = tuple(STATISTICS)  # the per-cycle statistics
+MEAN_QUANTITIES = tuple(n for n, s in STATISTICS.items() if s.pooling == "mean")  # per-field means; others: sums
 SKILL_SCORES = ("crps_over_deterministic_mae", "rmse_over_deterministic_rmse")
 REFERENCE = "deterministic"  # the system the skill ratios divide by
 
@@ -184,7 +182,7 @@ def _div(num, den) -> np.ndarray:
 
 
 def _pool_quantities(stats: CycleStatistics, weights: np.ndarray, lo: int, hi: int,
-                     names: Iterable[str] = SCORE_QUANTITIES) -> dict:
+                     names: Iterable[str] = SCORE_STATISTICS) -> dict:
     """Quantity → (keys, pooled [k, *shape, R], present [n, k]) for slots lo..hi; pooled is the weighted mean
     (:data:`MEAN_QUANTITIES`) or sum, NaN where the resample drew none of the field's cycles."""
     out = {}
@@ -209,61 +207,28 @@ def _scores(pooled: dict, members: dict, fair_crps: bool) -> list[tuple[list, np
     blocks: list = []
     by_score: dict = {}  # score -> (keys, values) of the blocks the skill ratios need
 
-    def emit(qkeys, score, values, mask=None):
-        if mask is not None:
-            sel = np.nonzero(mask)[0]
-            qkeys, values = [qkeys[i] for i in sel], values[sel]
+    def emit(qkeys, score, values):
         keys = [(k[0], k[1], k[2], k[3], score, k[4], k[5]) for k in qkeys]
         blocks.append((keys, values))
         by_score.setdefault(score, []).append((keys, values))
 
-    ensemble = lambda qkeys: np.array([k[0] in members for k in qkeys], bool)  # noqa: E731
-    if "mse" in pooled:
-        qkeys, mse, _ = pooled["mse"]
-        emit(qkeys, "rmse", np.sqrt(mse))
-        mse_row = {k[:4]: i for i, k in enumerate(qkeys)}
-    for name in ("mae", "bias"):
-        if name in pooled:
-            emit(pooled[name][0], name, pooled[name][1])
+    for score in SCORES:
+        if any(name not in pooled for name in score.statistics):
+            continue
+        qkeys, first, _ = pooled[score.statistics[0]]
+        others = [{k: i for i, k in enumerate(pooled[name][0])} for name in score.statistics[1:]]
+        cols = [j for j, k in enumerate(qkeys) if score.applies(k[0], k[0] in members, fair_crps)
+                and all(k in other for other in others)]
+        if not cols:
+            continue
+        values = [first[cols]] + [pooled[name][1][[other[qkeys[j]] for j in cols]]
+                                  for name, other in zip(score.statistics[1:], others)]
+        m = np.array([[members.get(qkeys[j][0], np.nan)] for j in cols], np.float64)  # [k, 1]
+        emit([qkeys[j] for j in cols], score.name, score.compute(m, *values))
     scored = {}  # field -> the cycles it was scored in [n]
     if "mae" in pooled:
-        qkeys, mae, present = pooled["mae"]
-        emit(qkeys, "crps", mae, ~ensemble(qkeys))  # a single forecast's CRPS is its absolute error
+        qkeys, _, present = pooled["mae"]
         scored = {k[:4]: present[:, j] for j, k in enumerate(qkeys)}
-    crps = "crps_fair" if fair_crps else "crps_standard"
-    if crps in pooled:
-        qkeys, values, _ = pooled[crps]
-        emit(qkeys, "crps", values, ensemble(qkeys))
-    if "crps_standard" in pooled:
-        qkeys, values, _ = pooled["crps_standard"]
-        emit(qkeys, "crps_standard", values, ensemble(qkeys))
-    if "var" in pooled and "mse" in pooled:
-        qkeys, var, _ = pooled["var"]
-        spread = np.sqrt(var)
-        emit(qkeys, "spread", spread)
-        m = np.array([members[k[0]] for k in qkeys], np.float64)[:, None]
-        rmse = np.sqrt(pooled["mse"][1][[mse_row[k[:4]] for k in qkeys]])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            emit(qkeys, "ssr", np.sqrt((m + 1) / m) * spread / rmse)
-    if "energy" in pooled:
-        emit(pooled["energy"][0], "energy", pooled["energy"][1])
-    if "brier" in pooled:  # sums Σ w (p − o)², Σ w, Σ w (p_clim − o)², Σ w o
-        qkeys, b, _ = pooled["brier"]
-        emit(qkeys, "observed_frequency", _div(b[:, 3], b[:, 1]))
-        emit(qkeys, "brier", _div(b[:, 0], b[:, 1]))
-        with np.errstate(invalid="ignore"):
-            defined = (b[:, 3] > 0) & (b[:, 2] > 0)
-        bss = np.where(defined, 1.0 - _div(b[:, 0], b[:, 2]), np.nan)
-        emit(qkeys, "bss", bss, np.array([k[0] != "climatology" for k in qkeys], bool))
-    if "contingency" in pooled:  # hits, misses, false alarms, correct negatives
-        qkeys, c, _ = pooled["contingency"]
-        h, mi, f = c[:, 0], c[:, 1], c[:, 2]
-        emit(qkeys, "csi", _div(h, h + mi + f))
-        emit(qkeys, "pod", _div(h, h + mi))
-        emit(qkeys, "far", _div(f, h + f))
-    if "fss" in pooled:  # Σ (P_f − P_o)², Σ P_f² + Σ P_o²
-        qkeys, c, _ = pooled["fss"]
-        emit(qkeys, "fss", 1.0 - _div(c[:, 0], c[:, 1]))
     for score, ref_score, name in (("crps", "mae", SKILL_SCORES[0]), ("rmse", "rmse", SKILL_SCORES[1])):
         skill = _skill_block(by_score.get(score, []), by_score.get(ref_score, []), ref_score, name, members, scored)
         if skill is not None:

@@ -33,7 +33,8 @@ from flax import nnx
 
 from def_jax import parallel
 from def_jax.diffusion.gaussian import gaussian_eps_fn
-from def_jax.diffusion.samplers import make_sampler
+from def_jax.diffusion.sampler_configs import sampler_from_config
+from def_jax.diffusion.samplers import static_guidance
 from def_jax.diffusion.schedules import make_schedule
 from def_jax.errors import UserError
 from def_jax.evaluation import metrics
@@ -66,7 +67,7 @@ def check_denoiser(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[f
     """Run the check (module docstring) on ``states`` validation states of ``data.val_period``; return the numbers."""
     from def_jax.forecast.ensemble import Ensemble
     from def_jax.forecast.inputs import ForecastInputs
-    from def_jax.forecast.rollout import RolloutSpec, guidance_kind, member_keys, perturb
+    from def_jax.forecast.rollout import RolloutSpec, member_keys, perturb
     from def_jax.forecast.run import load_models
     from def_jax.tuning import validation_inits
 
@@ -120,16 +121,16 @@ def check_denoiser(cfg: Any, workdir: Path, out_dir: Path, *, scales: Sequence[f
                           "x0_rms_error_c": ratio * c**0.5, "x0_rms_error_null": ratio * null**0.5})
 
     # 2./3. walks at each λ (λ = 0: unconditional samples) ---------------------------------------------------------
-    sample = make_sampler(**cfg.sampler.to_dict())
+    sample = sampler_from_config(cfg.sampler)
     ensemble = Ensemble.from_config(cfg)
     eps_net = lambda x_, tau, c_: net(x_, tau, c_)  # noqa: E731
-    programs: dict[str, Callable] = {}
+    programs: dict[RolloutSpec, Callable] = {}
 
     def walk(xb, keys, lam):
-        spec = RolloutSpec(walks=1, guidance=guidance_kind(lam), conditional=ensemble.conditional)
-        if spec.guidance not in programs:
-            programs[spec.guidance] = jax.jit(lambda a, b_, s: perturb(eps_net, sample, schedule, spec, a, b_, s))
-        return np.asarray(programs[spec.guidance](xb, keys, jnp.float32(lam)))
+        spec = RolloutSpec(walks=1, static_guidance=static_guidance(lam), conditional=ensemble.conditional)
+        if spec not in programs:
+            programs[spec] = jax.jit(lambda a, b_, s: perturb(eps_net, sample, schedule, spec, a, b_, s))
+        return np.asarray(programs[spec](xb, keys, jnp.float32(lam)))
 
     kw, wavelength, data_power = channel_spectra(x, dx_km)
     g_step = jax.jit(lambda s, f, tf, st: forecaster(s, f, tf, st))

@@ -15,7 +15,9 @@ not written in the store are skipped (and counted). Systems:
 Per-cycle quantities are accumulated so that the tables are those of the pooled cycles: means of per-cycle means
 (MAE, bias, CRPS, energy), RMSE = sqrt(mean of the per-cycle MSE), spread = sqrt(mean of the per-cycle mean
 variance), SSR from the aggregated spread and RMSE; Brier sums, reliability bins, contingency tables, FSS numerators
-and denominators and rank counts are summed. The metric math is :mod:`def_jax.evaluation.metrics`.
+and denominators and rank counts are summed. Which statistics a field contributes, and how each score follows from
+their pooled values, is the registry :mod:`def_jax.evaluation.scores`; the metric math is
+:mod:`def_jax.evaluation.metrics`.
 
 Each cycle's statistics are kept beside the sums (``scores_by_cycle.csv``): percentile bootstrap intervals over the
 cycles (:mod:`def_jax.evaluation.bootstrap`, ``evaluation.bootstrap_samples`` resamples, one set of resamples for
@@ -36,9 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from def_jax.data.schema import open_store, parse_period, store_catalogue, written_mask
+from def_jax.data.store import match_level
 from def_jax.errors import UserError
 from def_jax.evaluation import bootstrap, metrics
+from def_jax.evaluation.scores import STATISTICS, Events, Field, event_thresholds, statistics_for
 from def_jax.evaluation.tables import (  # noqa: F401  (the column contracts are part of this module's API)
     ENSEMBLES,
     PERTURBATIONS,
@@ -61,12 +64,11 @@ from def_jax.evaluation.tables import (  # noqa: F401  (the column contracts are
     spread_error_rows,
     write_csv,
 )
+from def_jax.evaluation.truth import Truth
 from def_jax.forecast.files import FORMAT_VERSION, open_forecast
-from def_jax.geo import LambertConformal
 from def_jax.progress import progress
 
 WEIGHTINGS = ("uniform", "map_factor", "coslat")
-EVENT_PROBABILITY = 0.5  # an ensemble forecasts "yes" (CSI, POD, FAR) where at least half of its members exceed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,162 +93,31 @@ class Settings:
         weighting = str(ev.area_weighting)
         if weighting not in WEIGHTINGS:
             raise UserError(f"evaluation.area_weighting: expected one of {', '.join(WEIGHTINGS)}; got {weighting!r}")
-        thresholds = {name: tuple(float(t) for t in getattr(ev, f"{name}_thresholds", ()) or ())
-                      for name in ("refc", "cape")}
         samples, confidence = int(ev.get("bootstrap_samples", 1000)), float(ev.get("confidence", 0.9))
         if samples < 0:
             raise UserError(f"evaluation.bootstrap_samples: must be >= 0 (0 = no intervals); got {samples}")
         if not 0.0 < confidence < 1.0:
             raise UserError(f"evaluation.confidence: must be in (0, 1), e.g. 0.9; got {confidence}")
-        return cls(bool(ev.fair_crps), {k: v for k, v in thresholds.items() if v}, windows, weighting, samples,
-                   confidence, int(ev.get("bootstrap_seed", 0)))
-
-
-# --- the truth: the store ---------------------------------------------------------------------------------------
-
-
-class Truth:
-    """The store as truth: fields by valid time, area weights, climatology, event base rates."""
-
-    def __init__(self, path: Path, settings: Settings, log: Callable[[str], None]):
-        self.path = Path(path)
-        self.ds = ds = open_store(self.path)
-        catalogue = store_catalogue(ds)
-        self.state = [v.name for v in catalogue.by_role("state") if v.name in ds]
-        self.order = {name: i for i, name in enumerate(self.state)}
-        written = written_mask(ds)
-        times = ds["time"].values.astype("datetime64[ns]")
-        self.index = {t: i for i, t in enumerate(times) if written[i]}
-        self.shape = (ds.sizes["y"], ds.sizes["x"])
-        self.y, self.x = np.asarray(ds["y"].values), np.asarray(ds["x"].values)
-        self.weights = self._weights(settings.weighting)  # [Y, X] mean 1
-        self.dx_km = self._dx_km()
-        self._clim: dict[str, Optional[np.ndarray]] = {}
-        self._std: dict[str, Optional[np.ndarray]] = {}
-        missing_stats = [v for v in self.state if f"{v}_mean" not in ds]
-        if missing_stats:
-            log(f"evaluate: the store has no statistics for {', '.join(missing_stats)} (run def-jax stats): "
-                "no climatology for them")
-        self.base_rates = self._base_rates(settings.thresholds, times, written, log)
-
-    def _crs(self) -> dict:
-        return dict(self.ds["crs"].attrs) if "crs" in self.ds else {}
-
-    def _weights(self, weighting: str) -> np.ndarray:
-        lat = np.asarray(self.ds["latitude"].values, np.float64)
-        if weighting == "uniform":
-            return np.ones(self.shape, np.float32)
-        if weighting == "coslat":
-            return metrics.coslat_weights(lat).astype(np.float32)
-        crs = self._crs()
-        if crs.get("grid_mapping_name") != "lambert_conformal_conic":
-            raise UserError(f"store {self.path}: evaluation.area_weighting=map_factor needs a Lambert conformal grid; "
-                            f"crs grid_mapping_name is {crs.get('grid_mapping_name')!r} (use coslat or uniform)")
-        parallels = np.atleast_1d(np.asarray(crs["standard_parallel"], np.float64))
-        projection = LambertConformal(lat_1=float(parallels[0]), lat_2=float(parallels[-1]),
-                                      lat_0=float(crs["latitude_of_projection_origin"]),
-                                      lon_0=float(crs["longitude_of_central_meridian"]),
-                                      radius=float(crs.get("earth_radius", 6_371_229.0)))
-        return metrics.lambert_cell_area_weights(lat, projection).astype(np.float32)
-
-    def _dx_km(self) -> float:
-        """Grid spacing for spectra: from the projection coordinates (m), else nominal from the latitude spacing."""
-        if self._crs().get("grid_mapping_name") == "lambert_conformal_conic" and len(self.x) > 1:
-            return float(abs(self.x[1] - self.x[0])) / 1000.0
-        lat = np.asarray(self.ds["latitude"].values, np.float64)
-        dlat = abs(lat[1, 0] - lat[0, 0]) if lat.ndim == 2 and lat.shape[0] > 1 else 1.0
-        return float(np.radians(dlat) * 6371.229)
-
-    def _base_rates(self, thresholds: dict, times: np.ndarray, written: np.ndarray, log) -> dict:
-        """Area-weighted frequency of var ≥ threshold over the written slots of ``stats_train_period``."""
-        wanted = [v for v in thresholds if v in self.order and self.ds[v].ndim == 3]
-        period = self.ds.attrs.get("stats_train_period")
-        if not wanted:
-            return {}
-        if not period:
-            log(f"evaluate: store {self.path} has no stats_train_period (run def-jax stats): no climatological "
-                "event probabilities, no Brier skill score")
-            return {}
-        start, end = parse_period(period, "stats_train_period")
-        slots = np.nonzero(written & (times >= start) & (times <= end))[0]
-        if len(slots) == 0:
-            log(f"evaluate: no written slot in stats_train_period {period}: no climatological event probabilities")
-            return {}
-        w = self.weights.astype(np.float64)
-        rates = {}
-        for var in wanted:
-            thr = np.asarray(thresholds[var])[:, None, None, None]  # [T, 1, 1, 1]
-            hits = np.zeros(len(thresholds[var]))
-            for i in range(0, len(slots), 24):  # a day of slots at a time
-                x = np.asarray(self.ds[var].isel(time=slots[i:i + 24]).values, np.float64)  # [b, Y, X]
-                hits += np.sum((x[None] >= thr) * w, axis=(1, 2, 3))
-            for t, h in zip(thresholds[var], hits):
-                rates[(var, t)] = float(h / (len(slots) * w.sum()))
-        log(f"evaluate: climatological base rates from {len(slots)} slots of {period}")
-        return rates
-
-    def levels(self, var: str) -> Optional[np.ndarray]:
-        da = self.ds[var]
-        return np.asarray(self.ds[da.dims[1]].values, np.float64) if da.ndim == 4 else None
-
-    def field(self, var: str, slot: int) -> np.ndarray:
-        """[(L,) Y, X] float32 at store index ``slot``."""
-        return np.asarray(self.ds[var].isel(time=slot).values, np.float32)
-
-    def climatology(self, var: str, level_index: Optional[int]) -> Optional[float]:
-        """The training-period mean ``<var>_mean`` (of one level), None without statistics."""
-        if var not in self._clim:
-            name = f"{var}_mean"
-            self._clim[var] = np.asarray(self.ds[name].values, np.float64) if name in self.ds else None
-        values = self._clim[var]
-        return None if values is None else float(values if level_index is None else values[level_index])
-
-    def spread_edges(self, var: str, level_index: Optional[int]) -> Optional[np.ndarray]:
-        """Spread–error bin edges [E] of a channel: tables.SPREAD_ERROR_EDGES × its training-period ``<var>_std``
-        (None without statistics, or a zero std)."""
-        if var not in self._std:
-            name = f"{var}_std"
-            self._std[var] = np.asarray(self.ds[name].values, np.float64) if name in self.ds else None
-        values = self._std[var]
-        if values is None:
-            return None
-        std = float(values if level_index is None else values[level_index])
-        return SPREAD_ERROR_EDGES * std if np.isfinite(std) and std > 0 else None
+        return cls(bool(ev.fair_crps), event_thresholds(config), windows, weighting, samples, confidence,
+                   int(ev.get("bootstrap_seed", 0)))
 
 
 # --- jitted per-field computations ------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("fair",))
-def _ensemble_scores(members, truth, weights, key, edges, fair: bool) -> dict:
-    """members [M, Y, X], truth [Y, X], weights [Y, X], spread–error edges [E] → per-field means, rank counts,
-    spectra and spread–error sums."""
-    mean = jnp.mean(members, axis=0)  # [Y, X]
-    err = mean - truth
-    wm = functools.partial(metrics.weighted_mean, weights=weights)
-    out = {
-        "mse": wm(jnp.square(err)), "mae": wm(jnp.abs(err)), "bias": wm(err),
-        "crps_standard": wm(metrics.crps_ensemble(members, truth, fair=False)),
-        "ranks": metrics.rank_histogram(members, truth, key=key),
-        "power": jnp.mean(metrics.radial_power_spectrum(members, 1.0)[2], axis=0),
-        "power_mean": metrics.radial_power_spectrum(mean, 1.0)[2],
-        "power_truth": metrics.radial_power_spectrum(truth, 1.0)[2],
-    }
-    if fair:
-        sw = jnp.sqrt(weights)  # ‖v‖_w = sqrt(Σ w v²): the Euclidean norm of √w·v
-        out["crps_fair"] = wm(metrics.crps_ensemble(members, truth, fair=True))
-        out["var"] = wm(metrics.ensemble_variance(members))
-        out["energy"] = metrics.energy_score(members * sw, truth * sw, event_axes=(-2, -1), fair=True)
-        out["spread_error"] = jnp.stack(metrics.spread_error_counts(members, truth, edges, weights=weights))  # [4, K]
+@functools.partial(jax.jit, static_argnames=("names", "tables"))
+def _field_statistics(members, truth, weights, edges, key, names: tuple, tables: bool) -> dict:
+    """members [M, Y, X] (M = 1: a single forecast), truth [Y, X], weights [Y, X], spread–error edges [E] → the
+    registry's statistics ``names`` (scores.STATISTICS); with ``tables`` also the rank counts [M+1] (ties broken with
+    ``key``) and the spectra [K] of the members (their mean), of the ensemble mean and of the truth."""
+    field = Field(members, truth, weights, edges)
+    out = {name: STATISTICS[name].compute(field) for name in names}
+    if tables:
+        out["ranks"] = metrics.rank_histogram(members, truth, key=key)
+        out["power"] = jnp.mean(metrics.radial_power_spectrum(members, 1.0)[2], axis=0)
+        out["power_mean"] = metrics.radial_power_spectrum(jnp.mean(members, axis=0), 1.0)[2]
+        out["power_truth"] = metrics.radial_power_spectrum(truth, 1.0)[2]
     return out
-
-
-@jax.jit
-def _single_scores(forecast, truth, weights) -> dict:
-    """forecast, truth, weights [Y, X] → MSE, MAE, bias (the CRPS of a single forecast is its MAE)."""
-    err = forecast - truth
-    wm = functools.partial(metrics.weighted_mean, weights=weights)
-    return {"mse": wm(jnp.square(err)), "mae": wm(jnp.abs(err)), "bias": wm(err)}
 
 
 @jax.jit
@@ -254,19 +125,14 @@ def _power(field):
     return metrics.radial_power_spectrum(field, 1.0)[2]
 
 
-@functools.partial(jax.jit, static_argnames=("windows", "bins"))
-def _event_scores(members, truth, weights, threshold, base_rate, windows: tuple, bins: int) -> dict:
-    """Event ≥ threshold: members [M, Y, X] (M = 1: a single forecast), truth, weights [Y, X]."""
+@functools.partial(jax.jit, static_argnames=("names", "windows", "bins"))
+def _event_statistics(members, truth, weights, threshold, base_rate, names: tuple, windows: tuple, bins: int) -> dict:
+    """Event ≥ threshold: members [M, Y, X] (M = 1: a single forecast), truth, weights [Y, X] → the registry's event
+    statistics ``names``."""
     obs = (truth >= threshold).astype(jnp.float32)  # [Y, X]
     prob = jnp.mean((members >= threshold).astype(jnp.float32), axis=0)  # [Y, X]
-    return {
-        # Σ w (p − o)², Σ w, Σ w (p_clim − o)², Σ w o
-        "brier": jnp.stack([jnp.sum(weights * jnp.square(prob - obs)), jnp.sum(weights),
-                            jnp.sum(weights * jnp.square(base_rate - obs)), jnp.sum(weights * obs)]),
-        "contingency": jnp.stack(metrics.contingency(prob >= EVENT_PROBABILITY, obs > 0.5)),
-        "fss": jnp.stack([jnp.stack(metrics.fss_components(prob, obs, w)) for w in windows]),  # [W, 2]
-        "reliability": jnp.stack([c.astype(jnp.float32) for c in metrics.reliability_counts(prob, obs, bins)]),
-    }
+    events = Events(prob, obs, weights, base_rate, windows, bins)
+    return {name: STATISTICS[name].compute(events) for name in names}
 
 
 # --- one cycle --------------------------------------------------------------------------------------------------
@@ -329,9 +195,9 @@ def _level_pairs(path: Path, fds: xr.Dataset, truth: Truth, var: str, log, warne
     file_levels = np.asarray(fds[da.dims[3]].values, np.float64)
     pairs = []
     for i, lev in enumerate(file_levels):
-        match = np.nonzero(np.isclose(store_levels, lev))[0]
-        if len(match):
-            pairs.append((i, int(match[0]), float(lev)))
+        match = match_level(store_levels, lev)
+        if match is not None:
+            pairs.append((i, match, float(lev)))
         elif (var, lev) not in warned:
             warned.add((var, lev))
             log(f"evaluate: {var} at {lev:g} hPa is not in the store: not evaluated")
@@ -412,27 +278,23 @@ def _accumulate_field(acc: Accumulator, settings: Settings, truth: Truth, fields
     edges = truth.spread_edges(var, level_index)
     if edges is not None:
         acc.spread_edges.setdefault((var, level), edges)
+    bins = np.float32(SPREAD_ERROR_EDGES if edges is None else edges)  # [E]; unused without statistics
     for system, f in fields.items():
         base = (system, var, level, lead)
-        if system in ENSEMBLES:
-            bins = np.float32(SPREAD_ERROR_EDGES if edges is None else edges)  # [E]; unused without statistics
-            s = jax.device_get(_ensemble_scores(f, y, w, key, bins, fair=f.shape[0] >= 2))
-            for qty in ("mse", "mae", "bias", "crps_standard", "crps_fair", "var", "energy"):
-                if qty in s:
-                    add(base + (qty, None, None), s[qty])
-            if "spread_error" in s and edges is not None:
-                add(base + ("spread_error", None, None), s["spread_error"])
+        ensemble = system in ENSEMBLES
+        members = f if f.ndim == 3 else f[None]  # [M, Y, X]
+        names = statistics_for(False, ensemble, members.shape[0], edges is not None)
+        s = jax.device_get(_field_statistics(members, y, w, bins, key, names=names, tables=ensemble))
+        for name in names:
+            add(base + (name, None, None), s[name])
+        if ensemble:
             add(base + ("ranks", None, None), s["ranks"])
             add(base + ("power", None, None), s["power"])
             add((f"{system}_mean", var, level, lead, "power", None, None), s["power_mean"])
             if reference:
                 add(("truth", var, level, lead, "power", None, None), s["power_truth"])
-        else:
-            s = jax.device_get(_single_scores(f, y, w))
-            for qty in ("mse", "mae", "bias"):
-                add(base + (qty, None, None), s[qty])
-            if system == "deterministic":
-                add(base + ("power", None, None), jax.device_get(_power(f)))
+        elif system == "deterministic":
+            add(base + ("power", None, None), jax.device_get(_power(f)))
     if level is not None:
         return
     for thr in settings.thresholds.get(var, ()):
@@ -440,18 +302,21 @@ def _accumulate_field(acc: Accumulator, settings: Settings, truth: Truth, fields
         for system, f in fields.items():
             if system == "climatology":
                 continue
-            e = jax.device_get(_event_scores(f if f.ndim == 3 else f[None], y, w, np.float32(thr),
-                                             np.float32(base_rate), settings.fss_windows, RELIABILITY_BINS))
+            members = f if f.ndim == 3 else f[None]  # [M, Y, X]
+            names = statistics_for(True, system in ENSEMBLES, members.shape[0], edges is not None)
+            e = jax.device_get(_event_statistics(members, y, w, np.float32(thr), np.float32(base_rate), names=names,
+                                                 windows=settings.fss_windows, bins=RELIABILITY_BINS))
             base = (system, var, level, lead)
-            add(base + ("brier", thr, None), e["brier"])
-            add(base + ("contingency", thr, None), e["contingency"])
-            for window, comp in zip(settings.fss_windows, e["fss"]):
-                add(base + ("fss", thr, window), comp)
-            if system in ENSEMBLES:
-                add(base + ("reliability", thr, None), e["reliability"])
-                if reference and np.isfinite(base_rate):  # the climatological forecast of the field: Brier only
-                    ref, den, observed = (float(x) for x in e["brier"][[2, 1, 3]])
-                    add(("climatology", var, level, lead, "brier", thr, None), [ref, den, ref, observed])
+            for name in names:
+                if STATISTICS[name].per_window:
+                    for window, comp in zip(settings.fss_windows, e[name]):
+                        add(base + (name, thr, window), comp)
+                else:
+                    add(base + (name, thr, None), e[name])
+            if system in ENSEMBLES and reference and np.isfinite(base_rate):
+                # the climatological forecast of the field: Brier only
+                ref, den, observed = (float(x) for x in e["brier"][[2, 1, 3]])
+                add(("climatology", var, level, lead, "brier", thr, None), [ref, den, ref, observed])
 
 
 # --- entry point ------------------------------------------------------------------------------------------------
@@ -470,7 +335,7 @@ def evaluate(forecast_paths: list[Path], store: Path, out_dir: Path, *, config, 
     if not paths:
         raise UserError("evaluate: no forecast files given")
     settings = Settings.from_config(config)
-    truth = Truth(Path(store), settings, log)
+    truth = Truth(Path(store), settings.weighting, settings.thresholds, log)
     for path in paths:  # check every file before the long pass
         _open_forecast(path, truth).close()
     acc = Accumulator()

@@ -280,18 +280,20 @@ class BrierDecomposition(NamedTuple):
     uncertainty: jax.Array
 
 
-def brier_decomposition_from_counts(counts: ReliabilityCounts) -> BrierDecomposition:
-    """Murphy (1973) from binned counts; see :func:`brier_decomposition`."""
+def brier_decomposition_from_counts(counts: ReliabilityCounts, axis: int = -1) -> BrierDecomposition:
+    """Murphy (1973) from binned counts (see :func:`brier_decomposition`); ``axis`` is the bins axis of the counts,
+    any other axes are batch axes (e.g. fields and resamples [k, bins, R] with axis=1) and are kept."""
     dtype = _float_dtype(jnp.asarray(counts.sum_prob))
     n_k = jnp.asarray(counts.count).astype(dtype)
     sp, so = jnp.asarray(counts.sum_prob, dtype), jnp.asarray(counts.sum_event, dtype)
-    n = jnp.sum(n_k)
+    total = lambda v: jnp.sum(v, axis=axis, keepdims=True)  # noqa: E731
+    n = total(n_k)  # N, with the bins axis kept (size 1)
     safe = jnp.where(n_k > 0, n_k, 1)
     p_k, o_k = sp / safe, so / safe  # mean forecast probability and observed frequency per bin
-    o_bar = jnp.sum(so) / n
-    rel = jnp.sum(n_k * jnp.square(p_k - o_k)) / n
-    res = jnp.sum(n_k * jnp.square(o_k - o_bar)) / n
-    return BrierDecomposition(rel, res, o_bar * (1 - o_bar))
+    o_bar = total(so) / n
+    rel = total(n_k * jnp.square(p_k - o_k)) / n
+    res = total(n_k * jnp.square(o_k - o_bar)) / n
+    return BrierDecomposition(*(jnp.squeeze(v, axis) for v in (rel, res, o_bar * (1 - o_bar))))
 
 
 def brier_decomposition(prob, event, bins: int = 10) -> BrierDecomposition:
@@ -411,7 +413,12 @@ def fractions_skill_score(prob_or_binary_forecast, observed_event, window: int) 
     axes, in a square of ``window`` grid points (1 = grid-point scale); sums run over all points and leading axes.
     NaN when neither field has any event (undefined).
     """
-    num, den = fss_components(prob_or_binary_forecast, observed_event, window)
+    return fss_from_components(*fss_components(prob_or_binary_forecast, observed_event, window))
+
+
+def fss_from_components(numerator, denominator) -> jax.Array:
+    """1 − Σ (P_f − P_o)² / (Σ P_f² + Σ P_o²) from (pooled) :func:`fss_components`; NaN where the denominator is 0."""
+    num, den = jnp.asarray(numerator), jnp.asarray(denominator)
     return jnp.where(den > 0, 1 - num / jnp.where(den > 0, den, 1), jnp.nan)
 
 
@@ -465,36 +472,3 @@ def lambert_cell_area_weights(lat, projection: LambertConformal) -> np.ndarray:
     weight is k(φ)⁻² / mean(k⁻²) with the map scale factor k of :meth:`LambertConformal.scale_factor` (mean 1)."""
     a = 1.0 / np.square(projection.scale_factor(lat))
     return a / a.mean()
-
-
-# --- the DEF authors' table variants (for reproducing the paper only) ---------------------------------------------
-
-
-def authors_table_crps(ensemble, truth, key: jax.Array, *, member_axis: int = 0) -> jax.Array:
-    """The DEF authors' table "CRPS" (not the CRPS): |x̄ − y| − ½ · mean over random disjoint member pairs |x_i − x_j|.
-
-    One random permutation (from ``key``) pairs members (π1, π2), (π3, π4), …, the same pairs at every point (an odd
-    last member is left out). Elementwise: average over points for the table value. Needs M ≥ 2.
-    """
-    ens, y = _members_first(ensemble, truth, member_axis)  # [M, ...], [...]
-    m = ens.shape[0]
-    if m < 2:
-        raise ValueError("authors_table_crps needs at least 2 members (got 1)")
-    pairs = jax.random.permutation(key, m)[:2 * (m // 2)].reshape(m // 2, 2)  # [M//2, 2]
-    pair_mean = jnp.mean(jnp.abs(ens[pairs[:, 0]] - ens[pairs[:, 1]]), axis=0)  # [...]
-    return jnp.abs(jnp.mean(ens, axis=0) - y) - 0.5 * pair_mean
-
-
-def authors_table_energy(ensemble, truth, *, member_axis: int = 0, event_axes: Sequence[int] | int) -> jax.Array:
-    """The DEF authors' table "energy" (not the energy score): RMSE(x̄ − y) − ½ · mean_{m<M} RMSE(x_m − x_{m+1}),
-    each RMSE the root mean square over ``event_axes`` (axes of ``truth``), members in their stored order."""
-    ens, y = _members_first(ensemble, truth, member_axis)  # [M, ...], [...]
-    m = ens.shape[0]
-    if m < 2:
-        raise ValueError("authors_table_energy needs at least 2 members (got 1)")
-    axes = (event_axes,) if isinstance(event_axes, int) else tuple(event_axes)
-    axes = tuple(sorted({a % y.ndim for a in axes}))
-    rms = lambda v, ax: jnp.sqrt(jnp.mean(jnp.square(v), axis=ax))
-    skill = rms(jnp.mean(ens, axis=0) - y, axes)  # [...]
-    adjacent = rms(ens[1:] - ens[:-1], tuple(a + 1 for a in axes))  # [M−1, ...]
-    return skill - 0.5 * jnp.mean(adjacent, axis=0)

@@ -3,7 +3,8 @@ rank_histogram.csv, reliability.csv, spread_error.csv, spectra.csv and scores_by
 docs/FORECASTS.md), written atomically; and the reader of scores_by_cycle.csv for studies that combine evaluations.
 
 Pooling over cycles (see :mod:`def_jax.evaluation.evaluate`): means of per-cycle means, RMSE = sqrt(mean MSE), spread =
-sqrt(mean variance), SSR from the pooled spread and RMSE; event counts and sums are added. The Accumulator also keeps
+sqrt(mean variance), SSR from the pooled spread and RMSE; event counts and sums are added (each score's formula is
+its registration in :mod:`def_jax.evaluation.scores`). The Accumulator also keeps
 each cycle's statistics, from which :mod:`def_jax.evaluation.bootstrap` resamples the cycles for the intervals.
 """
 
@@ -20,6 +21,15 @@ import numpy as np
 
 from def_jax.errors import UserError
 from def_jax.evaluation import bootstrap, metrics
+from def_jax.evaluation.scores import (  # noqa: F401  (the registry's names, part of this module's API)
+    COUNT_SCORES,
+    RELIABILITY_BINS,
+    SCORE_NAMES,
+    SCORES,
+    SPREAD_ERROR_BINS,
+    SPREAD_ERROR_EDGES,
+    STATISTICS,
+)
 
 SCORES_COLUMNS = ("system", "variable", "level", "lead_hours", "score", "threshold", "window", "value", "count",
                   "weighting", "value_low", "value_high")
@@ -40,26 +50,9 @@ PERTURBATIONS = ("def", "gaussian", "correlated", "bred", "lagged")
 ENSEMBLES = ("def", "direct") + PERTURBATIONS[1:]
 SYSTEMS = ENSEMBLES + ("deterministic", "persistence", "climatology")
 SKILL_SCORES = bootstrap.SKILL_SCORES
-SCORES = ("rmse", "mae", "bias", "crps", "crps_standard", "spread", "ssr", "energy", "observed_frequency", "brier",
-          "bss", "csi", "pod", "far", "fss")
-RELIABILITY_BINS = 10
-COUNT_SCORES = ("csi", "pod", "far", "fss")  # counts over grid points: never area-weighted
-# Spread–error bin edges in units of the channel's training-period standard deviation (`<var>_std` of the store):
-# octaves from 2⁻¹⁰ σ to 4 σ, the same for every cycle, lead and system, so bins pool exactly over cycles.
-SPREAD_ERROR_EDGES = 2.0 ** np.arange(-10, 3)  # [13] edges → 14 bins, the first [0, σ/1024), the last [4σ, ∞)
-SPREAD_ERROR_BINS = len(SPREAD_ERROR_EDGES) + 1
-# The per-cycle statistics of scores_by_cycle.csv: Accumulator quantity → names of its components.
-CYCLE_STATISTICS = {
-    "mse": ("mse",), "mae": ("mae",), "bias": ("bias",), "crps_fair": ("crps_fair",),
-    "crps_standard": ("crps_standard",), "var": ("variance",), "energy": ("energy",),
-    "brier": ("brier_sum", "weight_sum", "brier_climatology_sum", "event_sum"),
-    "contingency": ("hits", "misses", "false_alarms", "correct_negatives"),
-    "fss": ("fss_numerator", "fss_denominator"),
-    "reliability": ("reliability_count", "reliability_probability_sum", "reliability_event_sum"),
-    "spread_error": ("spread_error_count", "spread_error_weight_sum", "spread_error_variance_sum",
-                     "spread_error_squared_error_sum"),
-}
-BINNED = {"reliability": RELIABILITY_BINS, "spread_error": SPREAD_ERROR_BINS}  # components × bins
+# The per-cycle statistics of scores_by_cycle.csv (the registry's, scores.STATISTICS): quantity → component names.
+CYCLE_STATISTICS = {s.name: s.components for s in STATISTICS.values()}
+BINNED = {s.name: s.bins for s in STATISTICS.values() if s.bins}  # components × bins
 
 
 # --- accumulation over cycles -----------------------------------------------------------------------------------
@@ -115,73 +108,39 @@ def sort_key(system: str, var_order: dict, var: str, level, lead: int) -> tuple:
             -1.0 if level is None else level, lead)
 
 
-def _mean_over_cycles(acc: Accumulator, base: tuple, qty: str) -> tuple[Optional[float], int]:
-    total, n = acc.get(base + (qty, None, None))
-    return (None, 0) if total is None else (float(total) / n, n)
+def _pooled(acc: Accumulator, key: tuple) -> tuple[Optional[np.ndarray], int]:
+    """A statistic pooled over the cycles (mean or sum, scores.STATISTICS) as [1, *components, 1] (one field, one
+    "resample"), and its cycles; (None, 0) where it was not accumulated."""
+    total, n = acc.get(key)
+    if total is None:
+        return None, 0
+    value = float(total) / n if STATISTICS[key[4]].pooling == "mean" else total
+    return np.asarray(value, np.float64)[None, ..., None], n
 
 
 def point_scores(acc: Accumulator, settings: Any, var_order: dict) -> dict[tuple, list[tuple]]:
     """The pooled scores: (system, variable, level, lead) → [(score, threshold, window, value, cycles)], in the row
-    order of scores.csv."""
+    order of scores.csv; each score of the registry (scores.SCORES) from its pooled statistics."""
     quantities = defaultdict(list)  # (system, variable, level, lead) -> [(quantity, threshold, window)]
     for key in acc.sums:
         quantities[key[:4]].append(key[4:])
     scores = {}
     for base in sorted(quantities, key=lambda b: sort_key(b[0], var_order, *b[1:])):
-        system, var, level, lead = base
+        system = base[0]
+        members = np.array([[acc.members.get(system, np.nan)]], np.float64)  # [1, 1]
         out: list[tuple] = []  # (score, threshold, window, value, count)
-        mean_of = functools.partial(_mean_over_cycles, acc, base)
-
-        mse, n = mean_of("mse")
-        if mse is not None:
-            out.append(("rmse", None, None, np.sqrt(mse), n))
-        for qty in ("mae", "bias"):
-            value, n = mean_of(qty)
-            if value is not None:
-                out.append((qty, None, None, value, n))
-        if system in ENSEMBLES:
-            fair, n_fair = mean_of("crps_fair")
-            standard, n_std = mean_of("crps_standard")
-            if settings.fair_crps and fair is not None:
-                out.append(("crps", None, None, fair, n_fair))
-            elif not settings.fair_crps and standard is not None:
-                out.append(("crps", None, None, standard, n_std))
-            if standard is not None:
-                out.append(("crps_standard", None, None, standard, n_std))
-            var_mean, n_var = mean_of("var")
-            if var_mean is not None:
-                spread = np.sqrt(var_mean)
-                out.append(("spread", None, None, spread, n_var))
-                m = acc.members[system]
-                out.append(("ssr", None, None, metrics.spread_skill_ratio(spread, np.sqrt(mse), m), n_var))
-            energy, n_e = mean_of("energy")
-            if energy is not None:
-                out.append(("energy", None, None, energy, n_e))
-        else:
-            mae, n = mean_of("mae")
-            if mae is not None:
-                out.append(("crps", None, None, mae, n))  # a single forecast's CRPS is its absolute error
-        thresholds = sorted({thr for _, thr, _ in quantities[base] if thr is not None})
-        for thr in thresholds:
-            brier, n = acc.get(base + ("brier", thr, None))
-            if brier is not None:  # sums Σ w (p − o)², Σ w, Σ w (p_clim − o)², Σ w o
-                out.append(("observed_frequency", thr, None, brier[3] / brier[1], n))
-                out.append(("brier", thr, None, brier[0] / brier[1], n))
-                if system != "climatology" and np.isfinite(brier[2]):
-                    # BSS = 1 − BS / BS_clim; NaN where it says nothing: no event observed (any forecast that
-                    # never gives the event would score 1 against climatology's p_clim² > 0), or BS_clim = 0
-                    defined = brier[3] > 0 and brier[2] > 0
-                    out.append(("bss", thr, None, 1.0 - brier[0] / brier[2] if defined else np.nan, n))
-            table, n = acc.get(base + ("contingency", thr, None))
-            if table is not None:
-                ct = metrics.Contingency(*table)
-                for name, fn in (("csi", metrics.csi), ("pod", metrics.pod), ("far", metrics.far)):
-                    out.append((name, thr, None, fn(ct), n))
-            windows = sorted({w for q, t, w in quantities[base] if q == "fss" and t == thr})
-            for window in windows:
-                comp, n = acc.get(base + ("fss", thr, window))
-                out.append(("fss", thr, window, 1.0 - comp[0] / comp[1] if comp[1] > 0 else np.nan, n))
-        out.sort(key=lambda r: (SCORES.index(r[0]), -1.0 if r[1] is None else r[1], r[2] or 0))
+        for score in SCORES:
+            if not score.applies(system, system in acc.members, settings.fair_crps):
+                continue
+            for _, thr, window in (q for q in quantities[base] if q[0] == score.statistics[0]):
+                pooled = [_pooled(acc, base + (name, thr, window)) for name in score.statistics]
+                if any(p is None for p, _ in pooled):
+                    continue
+                values = [p for p, _ in pooled]
+                if score.written_if is not None and not score.written_if(*values).item():
+                    continue
+                out.append((score.name, thr, window, score.compute(members, *values).item(), pooled[0][1]))
+        out.sort(key=lambda r: (SCORE_NAMES.index(r[0]), -1.0 if r[1] is None else r[1], r[2] or 0))
         scores[base] = out
     return scores
 
@@ -202,7 +161,7 @@ def score_rows(acc: Accumulator, settings: Any, var_order: dict, intervals: Opti
     scores = point_scores(acc, settings, var_order) if scores is None else scores
     for (system, var, level, lead), out in scores.items():
         for score, thr, window, value, n in out:
-            weighting = "uniform" if score in COUNT_SCORES else settings.weighting
+            weighting = "uniform" if score in COUNT_SCORES else settings.weighting  # counts over grid points
             rows.append((system, var, level_str(level), lead, score, level_str(thr),
                          "" if window is None else window, value_text(value), n, weighting)
                         + _interval_text(intervals, (system, var, level, lead, score, thr, window)))

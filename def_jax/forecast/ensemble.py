@@ -20,9 +20,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from def_jax.diffusion.samplers import static_guidance
 from def_jax.errors import UserError
 from def_jax.forecast import perturbations as pert
-from def_jax.forecast.rollout import InitialSpec, RolloutSpec, guidance_kind
+from def_jax.forecast.rollout import InitialSpec, RolloutSpec
 
 SCALE_FIELDS = {"def": "ensemble.guidance_scale", "direct": "ensemble.guidance_scale",
                 "gaussian": "ensemble.perturbation_scale", "correlated": "ensemble.perturbation_scale",
@@ -101,10 +102,10 @@ class Ensemble:
             step = "def"
         else:
             step = self.kind if self.kind in pert.NOISE and self.every_step else "none"
-        guidance = "guided" if trace_scale else guidance_kind(self.scale)
         return RolloutSpec(mode="direct" if self.kind == "direct" else "def", walks=self.walks, history=history,
                            forecaster_history=int(cfg.data.history), residual=bool(cfg.diffusion.direct_residual),
-                           guidance=guidance, lead_steps=lead_steps, perturbation=step,
+                           static_guidance=None if trace_scale else static_guidance(self.scale),
+                           lead_steps=lead_steps, perturbation=step,
                            conditional=self.conditional, correlation_length=self.correlation_length_px(dx_km))
 
     def initial_spec(self, history: int, forecaster_history: int, dx_km: float) -> InitialSpec:

@@ -74,7 +74,9 @@ class RolloutSpec:
       history: input states carried: G_φ's k (``def``) or the direct condition's k.
       forecaster_history: G_φ's k (≤ ``history``); used by ``def`` and by the residual direct variant.
       residual: direct mode diffuses X_{n+1} − G_φ(X_n) (StormCast-style).
-      guidance: ``conditional`` (λ = 1: ε(c) only), ``unconditional`` (λ = 0) or ``guided`` (λ traced, 2B batch).
+      static_guidance: λ fixed in the program, 1.0 (ε(c) only) or 0.0 (ε(∅) only): one half of the guided batch
+        (:func:`~def_jax.diffusion.samplers.static_guidance`, e.g. ``static_guidance(λ)``); None: λ is the
+        program's traced ``scale`` (both halves, 2B batch; one program for every λ).
       lead_steps: L, forecast steps per call.
       perturbation: before every G_φ step (``def`` mode): ``def`` (K walks), ``gaussian`` or ``correlated``
         (additive noise), ``none``.
@@ -87,7 +89,7 @@ class RolloutSpec:
     history: int = 1
     forecaster_history: int = 1
     residual: bool = False
-    guidance: str = "guided"
+    static_guidance: Optional[float] = None
     lead_steps: int = 1
     perturbation: str = "def"
     conditional: str = "network"
@@ -96,8 +98,8 @@ class RolloutSpec:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r}: expected one of {MODES}")
-        if self.guidance not in ("conditional", "unconditional", "guided"):
-            raise ValueError(f"guidance {self.guidance!r}")
+        if self.static_guidance not in (None, 0.0, 1.0):
+            raise ValueError(f"static_guidance must be 1.0, 0.0 or None (λ traced); got {self.static_guidance!r}")
         if self.perturbation not in STEP_PERTURBATIONS:
             raise ValueError(f"perturbation {self.perturbation!r}: expected one of {STEP_PERTURBATIONS}")
         if self.conditional not in CONDITIONALS:
@@ -115,11 +117,6 @@ class RolloutSpec:
     @property
     def needs_denoiser(self) -> bool:
         return self.mode == "direct" or (self.perturbs and self.perturbation == "def")
-
-
-def guidance_kind(guidance_scale: float) -> str:
-    """λ = 1 and λ = 0 need one half of the guided batch only (an exact shortcut); anything else runs both."""
-    return {1.0: "conditional", 0.0: "unconditional"}.get(float(guidance_scale), "guided")
 
 
 def member_keys(base_key: jax.Array, member_ids: jax.Array) -> jax.Array:
@@ -140,7 +137,7 @@ def sample_members(eps_net: EpsNet, sample: Sampler, schedule: VPSchedule, spec:
     the other members (the guided network call is still one batched call of 2B samples after vectorization, B with
     the exact conditional branch).
     """
-    scale = {"conditional": 1.0, "unconditional": 0.0}.get(spec.guidance, guidance_scale)
+    scale = guidance_scale if spec.static_guidance is None else spec.static_guidance
     exact = spec.mode == "def" and spec.conditional == "exact"
 
     def one(c: jax.Array, key: jax.Array) -> jax.Array:  # c [H, W, C_c]

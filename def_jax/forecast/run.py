@@ -22,17 +22,18 @@ from flax import nnx
 
 from def_jax import __version__, parallel
 from def_jax.data import schema
-from def_jax.diffusion.samplers import make_sampler
+from def_jax.diffusion.sampler_configs import sampler_from_config
 from def_jax.diffusion.schedules import make_schedule
 from def_jax.errors import UserError
+from def_jax.evaluation.scores import event_thresholds
 from def_jax.forecast.ensemble import Ensemble
 from def_jax.forecast.inputs import ForecastInputs
 from def_jax.forecast.files import NetCDFFile, ZarrFile, forecast_filename
 from def_jax.forecast.rollout import InitialSpec, RolloutSpec, initial_inputs, make_initial, make_rollout
 from def_jax.models.networks import direct_condition
 from def_jax.progress import progress
-from def_jax.training.checkpoint import config_dict
-from def_jax.training.loop import load_trained, store_channels
+from def_jax.models.build import store_channels
+from def_jax.training.checkpoint import config_dict, load_trained
 
 
 @dataclasses.dataclass
@@ -46,7 +47,7 @@ class Models:
 
 def load_models(cfg: Any, workdir: Path, inputs: ForecastInputs, mesh, log: Callable) -> Models:
     direct = cfg.diffusion.mode == "direct"
-    channels = store_channels(inputs.source)
+    channels = store_channels(inputs)
     cat_json, cfg_d = inputs.catalogue.to_json(), config_dict(cfg)
     need_g = (not direct) or bool(cfg.diffusion.direct_residual) or bool(cfg.ensemble.include_deterministic)
     need_d = Ensemble.from_config(cfg).uses_denoiser
@@ -73,7 +74,7 @@ def build_program(spec: RolloutSpec, models: Models, cfg: Any) -> Callable:
     """The jitted rollout for ``spec``: ``program(f_params, d_params, states, member_ids, base_key, step0, forcings,
     time_features, statics, scale, amplitude) -> (states, outputs)``."""
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_steps)
-    sample = make_sampler(**cfg.sampler.to_dict())
+    sample = sampler_from_config(cfg.sampler)
     d_graphdef = models.denoiser[0] if models.denoiser else None
 
     def program(f_params, d_params, states, member_ids, base_key, step0, forcings, time_features, statics, scale,
@@ -322,8 +323,7 @@ class Forecaster:
         cfg = self.cfg
         kw = dict(init=init, lead_hours=self.dt * (1 + np.arange(self.steps)), members=self.members,
                   catalogue=self.inputs.catalogue, grid=self.grid(), attrs=self.attrs(init, ensemble),
-                  thresholds={"refc": tuple(cfg.evaluation.refc_thresholds),
-                              "cape": tuple(cfg.evaluation.cape_thresholds)},
+                  thresholds=event_thresholds(cfg),
                   deterministic=bool(cfg.ensemble.include_deterministic))
         if fmt == "netcdf":
             # process 0 writes a NetCDF file; the other processes have none (None)

@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from flax import nnx
 
+from def_jax import parallel
 from def_jax.errors import UserError
+from def_jax.models.build import build_denoiser, build_forecaster, channels_of_store, init_params, null_prior
+from def_jax.models.networks import Channels
+from def_jax.training.state import init_train_state, make_optimizer
 
 # Fields that must agree between a checkpoint and the config that loads it (prefix match on dotted paths).
 ARCHITECTURE_FIELDS = {
@@ -41,8 +46,8 @@ ARCHITECTURE_FIELDS = {
 # checkpoint and the config that loads it (train with cuDNN attention on a GPU, forecast with XLA's on a CPU).
 COMPUTE_FIELDS = ("remat", "attention", "attention_chunk")
 
-# Fields added after checkpoints were first written, with the behaviour of a checkpoint that predates them: such a
-# checkpoint matches a config that sets the field to this value.
+# Fields that a checkpoint's saved config may lack, with the value such a checkpoint computes with: it matches a config
+# that sets the field to this value.
 LEGACY_DEFAULTS = {"denoiser.skip_coefficients": "learned", "denoiser.null_prior": "white"}
 
 
@@ -65,7 +70,7 @@ def flatten_config(d: dict, prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: dict, current: dict, fields: tuple[str, ...]) -> list[str]:
     """``field: saved → current`` for every differing field that starts with one of ``fields``."""
     a, b = flatten_config(saved), flatten_config(current)
-    # a checkpoint from before a field existed had its legacy behaviour (compared where the config has the field)
+    # a saved config without a field of LEGACY_DEFAULTS has that field's value (compared where the config has the field)
     a = {**{k: v for k, v in LEGACY_DEFAULTS.items() if a and k in b}, **a}
     keys = sorted(k for k in set(a) | set(b) if any(k == f or k.startswith(f) for f in fields)
                   and k.rsplit(".", 1)[-1] not in COMPUTE_FIELDS)
@@ -136,3 +141,41 @@ def abstract(tree: Any) -> Any:
     """ShapeDtypeStructs (with shardings) of a pytree of arrays, the restore target."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
                         tree)
+
+
+# --- loading a trained network -----------------------------------------------------------------------------------
+
+
+def load_trained(kind: str, cfg: Any, workdir: Path, channels: Channels, mesh, catalogue_json: str, cfg_dict: dict,
+                 which: str = "best", log: Callable = print) -> tuple[nnx.GraphDef, Any, dict]:
+    """The trained weights of ``WORKDIR/<kind>`` (``best`` by validation, falling back to the latest, or ``latest``),
+    checked against the config and catalogue: the EMA weights when the run kept them. Returns (graphdef, params,
+    info) with ``info = {"path", "step", "which"}``."""
+    if which not in ("best", "latest"):
+        raise UserError(f"checkpoint choice {which!r}: expected best or latest")
+    run = workdir / kind
+    command = "train-forecaster" if kind == "forecaster" else "train-diffusion"
+    if not (run / "checkpoints").exists():
+        raise UserError(f"no {kind} checkpoint in {run}: run def-jax {command} with the same --workdir first")
+    ckpt = Checkpoints(run, keep=1)
+    best = which == "best" and ckpt.best_step() is not None
+    step = ckpt.best_step() if best else ckpt.latest_step()
+    if step is None:
+        ckpt.close()
+        raise UserError(f"no {kind} checkpoint in {run}: run def-jax {command} with the same --workdir first")
+    where = run / ("best" if best else "checkpoints")
+    meta = ckpt.restore_meta(step, best=best)
+    check_compatible(meta, cfg_dict, catalogue_json, kind, where)
+    prior = null_prior(cfg, channels_of_store(cfg)) if kind == "diffusion" else None
+    build = (lambda: build_forecaster(cfg, channels, cfg.seed)) if kind == "forecaster" else \
+        (lambda: build_denoiser(cfg, channels, cfg.seed + 1, prior))
+    graphdef, params = init_params(build, parallel.replicated(mesh))
+    tcfg = cfg.training[kind]
+    optimizer, _ = make_optimizer(tcfg, 1)
+    template = abstract(init_train_state(params, optimizer, seed=cfg.seed, ema_decay=tcfg.ema_decay))
+    state, _, _ = ckpt.restore(step, template, best=best)
+    ckpt.close()
+    params = state.ema if state.ema is not None else state.params
+    log(f"{kind}: {where} step {step} ({'best by validation' if best else 'latest'}"
+        f"{', EMA weights' if state.ema is not None else ''})")
+    return graphdef, params, {"path": str(where), "step": int(step), "which": "best" if best else "latest"}

@@ -16,25 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from def_jax.catalogue import load_catalogue
-from def_jax.data.source import COORD_STATICS, resolve_statics
-from def_jax.models.networks import TIME_FEATURES, Channels
+from def_jax.models.networks import Channels
 from def_jax.errors import UserError
 from def_jax.models.attention import resolve as resolve_attention
 from def_jax.models.unet import DTYPES, UNetConfig
 from def_jax.training import objectives
-from def_jax.training.loop import build_denoiser, build_forecaster, needs_forecaster, null_prior, training_objective
+from def_jax.models.build import build_denoiser, build_forecaster, config_channels, null_prior
+from def_jax.training.run import needs_forecaster, training_objective
 from def_jax.training.state import init_train_state, make_optimizer, make_train_step
 
 GB = 1024**3
-
-
-def config_channels(cfg: Any) -> Channels:
-    catalogue = load_catalogue(cfg.data.catalogue, cfg.data.levels)
-    statics = resolve_statics(tuple(cfg.data.statics), catalogue)
-    static = sum(1 if n in COORD_STATICS else catalogue[n].num_channels for n in statics)
-    return Channels(catalogue.num_channels("state"), catalogue.num_channels("forcing"), static,
-                    TIME_FEATURES if cfg.data.time_encodings else 0)
 
 
 def _count(params) -> int:

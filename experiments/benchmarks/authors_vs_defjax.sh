@@ -46,7 +46,7 @@ mod_spec.loader.exec_module(mod)
 cfg = mod.get_config(variant or None)
 ny, nx = (int(v) for v in os.environ["GRID"].lower().split("x"))
 try:  # the statics and time features as the training code counts them
-    from def_jax.training.info import config_channels
+    from def_jax.models.build import config_channels
     ch = config_channels(cfg)
 except ImportError:  # fallback: catalogue only (enough for DEF mode, where the condition is the state)
     from def_jax.catalogue import load_catalogue

@@ -8,8 +8,8 @@ written atomically (temporary name in the output directory, then ``os.replace``)
 :class:`matplotlib.figure.Figure` objects with the Agg canvas: no pyplot, no global figure state. Where the tables
 carry bootstrap intervals (``value_low``/``value_high``, …) they are drawn as shaded bands or error bars.
 
-Files (``<key>`` is ``t2m`` for a single-level variable, ``z500`` for a level of a multi-level one; ``<var>`` is
-``refc`` or ``cape``):
+Files (``<key>`` is ``t2m`` for a single-level variable, ``z500`` for a level of a multi-level one; ``<var>`` is a
+thresholded variable of the tables, e.g. ``refc`` or ``cape``: :func:`event_variables`):
 
 - ``spread_skill_<key>.png``: ensemble-mean RMSE and spread of each ensemble system, RMSE of the deterministic rollout
   and of persistence; spread/skill ratio with the line at 1 (:mod:`.scores`).
@@ -47,7 +47,11 @@ from def_jax.evaluation.plots.common import (  # noqa: F401  (part of this packa
 from def_jax.evaluation.plots.maps import MapPlan, forecast_file, map_figures, reflectivity_cmap  # noqa: F401
 from def_jax.evaluation.plots.scores import bss_figure, crps_figure, fss_figure, skill_figure, spread_skill_figure
 
-EVENT_VARIABLES = ("refc", "cape")  # reliability, BSS and FSS figures
+
+def event_variables(ev: Evaluation) -> set[str]:
+    """The variables with event scores in the tables (rows with a threshold: ``evaluation.<var>_thresholds``,
+    scores.event_thresholds): those of the reliability, BSS and FSS figures."""
+    return set(unique(ev.scores["variable"][ev.scores["threshold"].notna()])) | set(unique(ev.reliability["variable"]))
 
 
 def make_plots(evaluation_dir: Path | Sequence[Path], out_dir: Path, *, forecast_path: Path | None = None,
@@ -98,7 +102,8 @@ def _draw_all(folders: list[Path], out_dir: Path, ev: Evaluation, keys: list[Key
         emit(skill_figure(ev, key, meta), f"skill_{tag}.png")
         emit(spread_error_figure(ev, key, meta), f"spread_error_{tag}.png")
     selected_names = {name for name, _ in keys}
-    chosen = lambda var: var in EVENT_VARIABLES and (var in selected_names or default_selection)  # noqa: E731
+    events = event_variables(ev)
+    chosen = lambda var: var in events and (var in selected_names or default_selection)  # noqa: E731
     for var in unique(ev.reliability["variable"]):
         if chosen(var):
             emit(reliability_figure(ev, var, meta), f"reliability_{var}.png")

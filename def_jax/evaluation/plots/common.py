@@ -21,12 +21,15 @@ from def_jax.errors import UserError
 from def_jax.evaluation.tables import ENSEMBLES, SYSTEMS
 
 DPI = 110
-SCORES_COLUMNS = ("system", "variable", "level", "lead_hours", "score", "threshold", "window", "value")
-RANK_COLUMNS = ("system", "variable", "level", "lead_hours", "rank", "count")
-RELIABILITY_COLUMNS = ("system", "variable", "threshold", "lead_hours", "bin_lower", "bin_upper",
-                       "forecast_probability", "observed_frequency", "count")
-SPREAD_ERROR_COLUMNS = ("system", "variable", "level", "lead_hours", "bin", "mean_spread", "rmse", "count")
-SKILL_COLUMNS = ("system", "variable", "level", "lead_hours", "score", "value")
+# The columns the figures read from each table: a subset of its column contract (tables.py, docs/FORECASTS.md).
+READ_COLUMNS = {
+    "scores.csv": ("system", "variable", "level", "lead_hours", "score", "threshold", "window", "value"),
+    "rank_histogram.csv": ("system", "variable", "level", "lead_hours", "rank", "count"),
+    "reliability.csv": ("system", "variable", "threshold", "lead_hours", "bin_lower", "bin_upper",
+                        "forecast_probability", "observed_frequency", "count"),
+    "spread_error.csv": ("system", "variable", "level", "lead_hours", "bin", "mean_spread", "rmse", "count"),
+    "skill.csv": ("system", "variable", "level", "lead_hours", "score", "value"),
+}
 INTERVAL_COLUMNS = ("value_low", "value_high", "observed_frequency_low", "observed_frequency_high", "rmse_low",
                     "rmse_high")  # optional: tables written before the bootstrap have none
 DEFAULT_LEVEL = 500.0  # hPa: the level of multi-level variables plotted by default
@@ -100,19 +103,15 @@ class Evaluation:
 def read_evaluation(directory: Path) -> dict[str, Optional[pd.DataFrame]]:
     """The tables of one folder: scores, rank histogram and reliability (required); spread–error and skill (None
     when the folder has none: tables written before them)."""
-    optional = lambda name, columns, numeric: (  # noqa: E731
-        read_table(directory / name, columns, numeric) if (directory / name).is_file() else None)
+    read = lambda name, numeric: read_table(directory / name, READ_COLUMNS[name], numeric)  # noqa: E731
+    optional = lambda name, numeric: read(name, numeric) if (directory / name).is_file() else None  # noqa: E731
     return {
-        "scores": read_table(directory / "scores.csv", SCORES_COLUMNS,
-                             numeric=("level", "lead_hours", "threshold", "window", "value")),
-        "ranks": read_table(directory / "rank_histogram.csv", RANK_COLUMNS,
-                            numeric=("level", "lead_hours", "rank", "count")),
-        "reliability": read_table(directory / "reliability.csv", RELIABILITY_COLUMNS,
-                                  numeric=("threshold", "lead_hours", "bin_lower", "bin_upper",
-                                           "forecast_probability", "observed_frequency", "count")),
-        "spread_error": optional("spread_error.csv", SPREAD_ERROR_COLUMNS,
-                                 ("level", "lead_hours", "bin", "mean_spread", "rmse", "count")),
-        "skill": optional("skill.csv", SKILL_COLUMNS, ("level", "lead_hours", "value")),
+        "scores": read("scores.csv", numeric=("level", "lead_hours", "threshold", "window", "value")),
+        "ranks": read("rank_histogram.csv", numeric=("level", "lead_hours", "rank", "count")),
+        "reliability": read("reliability.csv", numeric=("threshold", "lead_hours", "bin_lower", "bin_upper",
+                                                        "forecast_probability", "observed_frequency", "count")),
+        "spread_error": optional("spread_error.csv", ("level", "lead_hours", "bin", "mean_spread", "rmse", "count")),
+        "skill": optional("skill.csv", ("level", "lead_hours", "value")),
     }
 
 

@@ -14,6 +14,7 @@ from matplotlib import colors as mcolors
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 
+from def_jax.data.store import StoreReader, match_level
 from def_jax.errors import UserError
 from def_jax.evaluation.plots.common import LABELS, Key, VariableMeta, key_name, num, open_forecast
 from def_jax.forecast.files import forecast_paths
@@ -87,12 +88,13 @@ def _map_keys(ds, keys: Optional[list[Key]]) -> list[Key]:
 
 
 def _level_index(da, level: float) -> Optional[tuple[str, int]]:
-    """(level dimension, index) of ``level`` hPa in ``da`` (``level`` or ``<var>_level``), or None."""
+    """(level dimension, index) of ``level`` hPa in a forecast variable ``da`` (``level`` or ``<var>_level``), or
+    None (levels matched by :func:`def_jax.data.store.match_level`)."""
     dim = next((d for d in da.dims if d not in _NON_LEVEL_DIMS), None)
     if dim is None:
         return None
-    hit = np.nonzero(np.isclose(np.asarray(da[dim].values, dtype=float), level))[0]
-    return (dim, int(hit[0])) if len(hit) else None
+    index = match_level(da[dim].values, level)
+    return None if index is None else (dim, index)
 
 
 def _map_leads(leads: list[int], requested: Sequence[int] | None, path: Path) -> list[int]:
@@ -111,20 +113,16 @@ class _TruthReader:
     """Truth fields of the store at a valid time on the forecast's grid."""
 
     def __init__(self, path: Path, forecast):
-        from def_jax.data.schema import open_store, written_mask
-
         self.path = path
-        self.ds = open_store(path)
-        self.written = written_mask(self.ds)
-        self.times = np.asarray(self.ds["time"].values, dtype="datetime64[ns]")
+        self.store = StoreReader(path)
         fy, fx = np.asarray(forecast["y"].values), np.asarray(forecast["x"].values)
+        y, x = self.store.y, self.store.x  # [Y], [X] store coordinates
         try:
-            iy = [int(np.abs(self.ds["y"].values - v).argmin()) for v in fy]
-            ix = [int(np.abs(self.ds["x"].values - v).argmin()) for v in fx]
+            iy = [int(np.abs(y - v).argmin()) for v in fy]
+            ix = [int(np.abs(x - v).argmin()) for v in fx]
             tol_y = 1e-3 * max(float(np.abs(np.diff(fy)).min()) if len(fy) > 1 else 1.0, 1e-9)
             tol_x = 1e-3 * max(float(np.abs(np.diff(fx)).min()) if len(fx) > 1 else 1.0, 1e-9)
-            ok = (np.abs(self.ds["y"].values[iy] - fy).max() <= tol_y
-                  and np.abs(self.ds["x"].values[ix] - fx).max() <= tol_x)
+            ok = np.abs(y[iy] - fy).max() <= tol_y and np.abs(x[ix] - fx).max() <= tol_x
         except (KeyError, ValueError):
             ok = False
         if not ok:
@@ -134,17 +132,18 @@ class _TruthReader:
     def field(self, key: Key, valid: np.datetime64) -> tuple[Optional[np.ndarray], str]:
         """The truth [y, x], or None and the reason it is not available."""
         name, level = key
-        if name not in self.ds.data_vars:
+        if name not in self.store.ds.data_vars:
             return None, f"{name} not in the store"
-        hits = np.nonzero(self.times == np.datetime64(valid, "ns"))[0]
-        if len(hits) == 0 or not self.written[hits[0]]:
+        hits = np.nonzero(self.store.times == np.datetime64(valid, "ns"))[0]
+        if len(hits) == 0 or not self.store.written[hits[0]]:
             return None, "valid time not written in the store"
-        da = self.ds[name].isel(time=int(hits[0]))
+        da = self.store.ds[name].isel(time=int(hits[0]))
         if level is not None:
-            where = _level_index(da, level)
-            if where is None:
+            levels = self.store.levels(name)
+            index = None if levels is None else match_level(levels, level)
+            if index is None:
                 return None, f"{key_name(key)} not in the store"
-            da = da.isel({where[0]: where[1]})
+            da = da.isel({da.dims[0]: index})
         return np.asarray(da.isel(y=self.iy, x=self.ix).values, dtype=np.float64), ""
 
 
