@@ -1,26 +1,25 @@
-"""Reading catalogue variables from GRIB2 files with cfgrib -- exactly what cfgrib reads, nothing more.
+"""Reading catalogue variables from GRIB2 files: one ecCodes pass per file, with cfgrib's key handling.
 
-Pitfalls handled (ENVIRONMENT.md, checked on the real files in ../shared/data/grib):
-* every variable is selected by ``shortName`` *and* ``typeOfLevel`` (a ``typeOfLevel`` filter alone silently drops
-  variables whose level sets differ), plus ``level`` for single-level fields and ``stepRange`` where the catalogue asks
-  (two accumulations ending at the same step would otherwise collapse into one);
-* the cfgrib index goes to a private temporary directory (input folders may be read-only; ``indexpath`` must be passed
-  in ``backend_kwargs``), built once per file and reused by every variable of the file;
-* isobaric levels come back in descending order: they are selected by value, in catalogue order.
+Each file of a slot is read once, message by message (ecCodes); a message is decoded only when a catalogue variable
+wants it. What comes out is what cfgrib reads (tests/test_prepare.py compares them on the real HRRR and NAM files):
+* a variable is selected by ``shortName`` *and* ``typeOfLevel``, plus ``level`` for single-level fields and
+  ``stepRange`` where the catalogue asks (two accumulations ending at the same step are different variables); two
+  messages left for the same level are an error asking for a ``stepRange`` instead of a silent choice;
+* values as cfgrib returns them: missing points (bitmap) as NaN, alternative row scanning undone, [Ny, Nx] in the
+  file's scanning order; latitude/longitude from ecCodes (``latitudes``/``longitudes`` on projected grids,
+  ``distinctLatitudes``/``distinctLongitudes`` on regular ones);
+* attributes under cfgrib's names (``GRIB_<key>``), with cfgrib's rule of dropping ``undef``/``unknown`` values;
+* isobaric levels are selected by value, in catalogue order (cfgrib would give them in descending order).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
-import tempfile
-import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
+import eccodes
 import numpy as np
-import xarray as xr
 
 from def_jax.catalogue import Catalogue, Variable
 from def_jax.errors import UserError
@@ -79,24 +78,6 @@ class Region:
         return f"{self.y0}:{s(self.y1)},{self.x0}:{s(self.x1)}"
 
 
-def _index_path(index_dir: str, path: Path) -> str:
-    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
-    return os.path.join(index_dir, f"{key}.{{short_hash}}.idx")
-
-
-def _open(path: Path, keys: dict, index_dir: str) -> xr.Dataset:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # cfgrib's xarray merge defaults
-            return xr.open_dataset(path, engine="cfgrib", decode_timedelta=True,
-                                   backend_kwargs={"filter_by_keys": keys, "indexpath": _index_path(index_dir, path)})
-    except FileNotFoundError:
-        raise GribReadError(f"{path}: no such file") from None
-    except Exception as err:  # ecCodes/cfgrib raise many types for truncated or corrupt files
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise GribReadError(f"{path}: cannot be read as GRIB ({msg})") from None
-
-
 def _describe(var: Variable, level: Optional[float] = None) -> str:
     lev = level if level is not None else var.level
     where = f"{var.type_of_level}" + (f" {lev:g}" if lev is not None else "")
@@ -104,30 +85,176 @@ def _describe(var: Variable, level: Optional[float] = None) -> str:
     return f"{var.name} (shortName {var.short_name} on {where}{step})"
 
 
-def read_variable(var: Variable, files: Sequence[Path], index_dir: str) -> xr.DataArray:
-    """The variable as cfgrib reads it, from the first of ``files`` that holds it: (y, x) or (level, y, x) with the
-    catalogue's levels in catalogue order. Raises GribReadError naming the variable, level and files if absent."""
-    for path in files:
-        ds = _open(path, var.filter_keys(), index_dir)
-        if not ds.data_vars:
+# cfgrib's conventions (cfgrib.dataset / cfgrib.messages), mirrored so that the store holds what cfgrib reads
+MISSING_VALUE = float(np.finfo(np.float32).max)  # cfgrib sets missingValue to this, then turns it into NaN
+UNIQUE_KEYS = ("paramId", "dataType", "typeOfLevel", "stepType", "uvRelativeToGrid")  # "undef"/"unknown" dropped
+GRID_TYPES_1D = ("regular_ll", "regular_gg")  # latitude/longitude as 1-D dimension coordinates
+GRID_TYPES_2D = ("rotated_ll", "rotated_gg", "lambert", "lambert_azimuthal_equal_area", "albers",
+                 "polar_stereographic")  # latitude/longitude as 2-D coordinates of (y, x)
+
+
+def _key(h, key: str) -> Any:
+    """A key as cfgrib reads it (native type; arrays for multi-valued keys); None where the message lacks it."""
+    try:
+        if eccodes.codes_get_size(h, key) > 1:
+            return eccodes.codes_get_array(h, key)
+        value = eccodes.codes_get(h, key)
+    except eccodes.KeyValueNotFoundError:
+        return None
+    return value
+
+
+def _attrs(h, keys: Sequence[str]) -> dict:
+    """cfgrib's ``GRIB_<key>`` attributes of a message, for the ``GRIB_``-prefixed ``keys``."""
+    out = {}
+    for name in keys:
+        key = name[len("GRIB_"):]
+        value = _key(h, key)
+        if value is None or (key in UNIQUE_KEYS and value in ("undef", "unknown")):
             continue
-        (name,) = list(ds.data_vars)
-        da = ds[name]
-        extra = [d for d in da.dims if d not in ("y", "x", "latitude", "longitude", var.type_of_level)]
-        if extra:
-            raise GribReadError(f"{path}: {_describe(var)} has several messages along {extra}; "
-                                f"give the catalogue entry a stepRange")
-        if var.levels is not None:
-            available = np.atleast_1d(da[var.type_of_level].values)
-            missing = [lev for lev in var.levels if not np.any(np.isclose(available, lev))]
-            if missing:
-                raise GribReadError(f"{path}: {_describe(var, missing[0])} not found (levels present: "
-                                    f"{', '.join(f'{v:g}' for v in sorted(available))})")
-            if da.ndim == 2:  # a single level comes back without the level dimension
-                da = da.expand_dims(var.type_of_level)
-            da = da.sel({var.type_of_level: list(var.levels)}, method="nearest")
-        return da
-    raise GribReadError(f"{_describe(var)} not found in {', '.join(str(p) for p in files)}")
+        out[name] = value
+    return out
+
+
+@dataclasses.dataclass
+class _Found:
+    """The messages of one variable in one file: level → values [Ny, Nx] float32, and the first one's attributes."""
+
+    fields: dict
+    shape: tuple  # (Ny, Nx)
+    alternative_rows: bool  # alternativeRowScanning: every other row runs backwards
+    path: Path
+    provenance: Optional[dict] = None  # the metadata (read_slot's ``metadata``)
+    grid_attrs: Optional[dict] = None
+    valid_time: Optional[np.datetime64] = None
+    latlon: Optional[tuple] = None
+
+
+_GEOMETRY: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # md5GridSection → (lat, lon), like cfgrib's GEOCACHE
+
+
+def _grid_latlon(h, shape: tuple, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """latitude, longitude [Ny, Nx] float64 of a message's grid, as cfgrib builds its coordinates (computed once per
+    grid definition and process)."""
+    md5 = eccodes.codes_get_string(h, "md5GridSection")
+    if md5 not in _GEOMETRY:
+        if len(_GEOMETRY) >= 4:
+            _GEOMETRY.clear()
+        _GEOMETRY[md5] = _compute_latlon(h, eccodes.codes_get_string(h, "gridType"), shape, path)
+    return _GEOMETRY[md5]
+
+
+def _compute_latlon(h, grid_type: str, shape: tuple, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if grid_type in GRID_TYPES_1D:
+        lon, lat = np.meshgrid(eccodes.codes_get_array(h, "distinctLongitudes"),
+                               eccodes.codes_get_array(h, "distinctLatitudes"))
+    elif grid_type in GRID_TYPES_2D:
+        lat = eccodes.codes_get_array(h, "latitudes").reshape(shape)
+        lon = eccodes.codes_get_array(h, "longitudes").reshape(shape)
+    else:
+        raise GribReadError(f"{path}: gridType {grid_type!r} is not a grid of rows and columns (supported: "
+                            f"{', '.join(GRID_TYPES_1D + GRID_TYPES_2D)})")
+    return np.asarray(lat, np.float64), np.asarray(lon, np.float64)
+
+
+def _values(h, entry: _Found, var: Variable) -> np.ndarray:
+    """The message's values [Ny, Nx] float32 as cfgrib returns them (missing points NaN)."""
+    eccodes.codes_set(h, "missingValue", MISSING_VALUE)
+    values = eccodes.codes_get_values(h)  # [Ny·Nx] float64
+    if values.size != entry.shape[0] * entry.shape[1]:
+        raise GribReadError(f"{entry.path}: {_describe(var)} has messages on different grids")
+    values = values.reshape(entry.shape)
+    if entry.alternative_rows:
+        values = values.copy()
+        values[1::2, :] = values[1::2, ::-1]
+    out = values.astype(np.float32)
+    out[out == np.float32(MISSING_VALUE)] = np.nan
+    return out
+
+
+def _valid_time(h) -> np.datetime64:
+    d, t = f"{eccodes.codes_get_long(h, 'validityDate'):08d}", f"{eccodes.codes_get_long(h, 'validityTime'):04d}"
+    return np.datetime64(f"{d[:4]}-{d[4:6]}-{d[6:]}T{t[:2]}:{t[2:]}", "ns")
+
+
+def _scan_file(path: Path, wanted: Sequence[Variable], metadata: bool) -> dict[str, _Found]:
+    """One pass over the messages of ``path``: the messages of every ``wanted`` variable it holds (name → found).
+    ``metadata``: also each variable's attributes and valid time, and the grid's latitude/longitude."""
+    by_key: dict[tuple[str, str], list[Variable]] = {}
+    for var in wanted:
+        by_key.setdefault((var.short_name, var.type_of_level), []).append(var)
+    found: dict[str, _Found] = {}
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise GribReadError(f"{path}: no such file") from None
+    # multi-field messages (NCEP packs u and v in one) are read field by field, from a clean ecCodes state, as
+    # cfgrib does
+    eccodes.codes_grib_multi_support_on()
+    try:
+        eccodes.codes_grib_multi_support_reset_file(f)
+        _scan_messages(f, path, by_key, found, metadata)
+    finally:
+        eccodes.codes_grib_multi_support_off()
+        f.close()
+    return found
+
+
+def _scan_messages(f, path: Path, by_key: dict, found: dict, metadata: bool) -> None:
+    """Every message of the open file ``f``: the candidates' messages into ``found`` (:func:`_take`)."""
+    while True:
+        try:
+            h = eccodes.codes_grib_new_from_file(f)
+        except Exception as err:  # ecCodes raises several types for truncated or corrupt files
+            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise GribReadError(f"{path}: cannot be read as GRIB ({msg})") from None
+        if h is None:
+            break
+        try:
+            candidates = by_key.get((eccodes.codes_get_string(h, "shortName"),
+                                     eccodes.codes_get_string(h, "typeOfLevel")))
+            if candidates:
+                _take(h, path, candidates, found, metadata)
+        except GribReadError:
+            raise
+        except Exception as err:
+            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise GribReadError(f"{path}: cannot be read as GRIB ({msg})") from None
+        finally:
+            eccodes.codes_release(h)
+
+
+def _close(a: float, b: float) -> bool:
+    """``np.isclose`` of two floats (rtol 1e-5, atol 1e-8) without its array overhead."""
+    return abs(a - b) <= 1e-8 + 1e-5 * abs(b)
+
+
+def _take(h, path: Path, candidates: Sequence[Variable], found: dict, metadata: bool) -> None:
+    """Keep message ``h`` for the candidate variables (same shortName and typeOfLevel) whose level and stepRange it
+    matches."""
+    level = eccodes.codes_get_double(h, "level")
+    step_range = None
+    for var in candidates:
+        if var.step_range is not None:
+            step_range = step_range or eccodes.codes_get_string(h, "stepRange")
+            if step_range != var.step_range:
+                continue
+        if var.level is not None and not _close(level, var.level):
+            continue
+        if var.levels is not None and not any(_close(level, lev) for lev in var.levels):
+            continue
+        entry = found.get(var.name)
+        if entry is None:
+            shape = (eccodes.codes_get_long(h, "Ny"), eccodes.codes_get_long(h, "Nx"))
+            entry = found[var.name] = _Found({}, shape, bool(_key(h, "alternativeRowScanning")), path)
+            if metadata:
+                entry.provenance, entry.grid_attrs = _attrs(h, PROVENANCE_KEYS), _attrs(h, GRID_KEYS)
+                entry.valid_time = _valid_time(h)
+                entry.latlon = _grid_latlon(h, shape, path)
+        if level in entry.fields:
+            raise GribReadError(f"{path}: {_describe(var, level if var.levels is not None else None)} has several "
+                                f"messages; give the catalogue entry a stepRange")
+        entry.fields[level] = _values(h, entry, var)
 
 
 @dataclasses.dataclass
@@ -135,68 +262,83 @@ class Slot:
     """One valid time read from its files: fields cropped by the region, plus the grid as cfgrib reads it."""
 
     fields: dict[str, np.ndarray]  # name -> [ny, nx] or [levels, ny, nx] float32
-    latitude: np.ndarray  # [ny, nx] float64
-    longitude: np.ndarray
-    grid_attrs: dict  # GRIB geometry keys of the first variable read
-    provenance: dict[str, dict]  # name -> GRIB provenance attributes
-    valid_time: np.datetime64
+    latitude: Optional[np.ndarray]  # [ny, nx] float64; this and the rest None without read_slot's ``metadata``
+    longitude: Optional[np.ndarray]
+    grid_attrs: Optional[dict]  # GRIB geometry keys of the first variable read
+    provenance: Optional[dict[str, dict]]  # name -> GRIB provenance attributes
+    valid_time: Optional[np.datetime64]
 
 
-def _grid_arrays(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
-    lat, lon = da["latitude"].values, da["longitude"].values
-    if lat.ndim == 1:  # regular lat-lon grids: 1-D coordinates
-        lon, lat = np.meshgrid(lon, lat)
-    return lat.astype(np.float64), lon.astype(np.float64)
+def _field(var: Variable, entry: _Found) -> np.ndarray:
+    """The variable's array: [Ny, Nx], or [levels, Ny, Nx] in catalogue order (each level matched by value)."""
+    if var.levels is None:
+        if len(entry.fields) > 1:
+            raise GribReadError(f"{entry.path}: {_describe(var)} has messages on several levels "
+                                f"({', '.join(f'{v:g}' for v in entry.fields)}); give the catalogue entry a level")
+        (values,) = entry.fields.values()
+        return values
+    available = np.array(list(entry.fields), np.float64)
+    missing = [lev for lev in var.levels if not np.any(np.isclose(available, lev))]
+    if missing:
+        raise GribReadError(f"{entry.path}: {_describe(var, missing[0])} not found (levels present: "
+                            f"{', '.join(f'{v:g}' for v in sorted(available))})")
+    keys = list(entry.fields)
+    return np.stack([entry.fields[keys[int(np.argmin(np.abs(available - lev)))]] for lev in var.levels])
 
 
 def read_slot(files_by_kind: dict[Optional[str], list[Path]], catalogue: Catalogue, region: Region,
-              variables: Optional[Sequence[Variable]] = None) -> Slot:
-    """Read every catalogue variable (or ``variables``) of one valid time.
+              variables: Optional[Sequence[Variable]] = None, metadata: bool = True) -> Slot:
+    """Read every catalogue variable (or ``variables``) of one valid time, each file in one pass.
 
     Args:
       files_by_kind: the slot's files grouped by HRRR file kind (``wrfprsf``/``wrfsfcf``), ``None`` for files of no
         known kind. A variable with a ``source`` kind is read from that kind's files if the slot has any, otherwise
-        from all files.
+        from all files; from the first of them that holds it.
+      metadata: also the attributes, the valid time and the grid's latitude/longitude (False: the fields only,
+        which is all that a slot after the first needs).
     """
+    variables = list(variables if variables is not None else catalogue.variables)
     all_files = [p for group in files_by_kind.values() for p in group]
+    search = {var.name: files_by_kind.get(var.source) or all_files for var in variables}
+    scanned: dict[Path, dict[str, _Found]] = {}
     fields, provenance = {}, {}
-    lat = lon = None
-    grid_attrs: dict = {}
-    valid_time = None
-    with tempfile.TemporaryDirectory(prefix="def_jax_cfgrib_") as index_dir:
-        for var in variables if variables is not None else catalogue.variables:
-            files = files_by_kind.get(var.source) or all_files
-            da = read_variable(var, files, index_dir)
-            if lat is None:
-                lat, lon = _grid_arrays(da)
-                region.check(*lat.shape, where=str(files[0]))
-                lat, lon = region.apply(lat), region.apply(lon)
-                grid_attrs = {k: da.attrs[k] for k in GRID_KEYS if k in da.attrs}
-            if "valid_time" in da.coords and valid_time is None:
-                valid_time = np.datetime64(da["valid_time"].values, "ns")
-            fields[var.name] = region.apply(np.asarray(da.values, dtype=np.float32))
-            provenance[var.name] = {k: da.attrs[k] for k in PROVENANCE_KEYS if k in da.attrs}
-            if var.step_range:
-                provenance[var.name]["GRIB_stepRange"] = var.step_range
-    return Slot(fields, lat, lon, grid_attrs, provenance, valid_time)
+    first: Optional[_Found] = None
+    for var in variables:
+        entry = None
+        for path in search[var.name]:
+            if path not in scanned:
+                wanted = [v for v in variables if v.name not in fields and path in search[v.name]]
+                scanned[path] = _scan_file(path, wanted, metadata)
+            entry = scanned[path].get(var.name)
+            if entry is not None:
+                break
+        if entry is None:
+            raise GribReadError(f"{_describe(var)} not found in {', '.join(str(p) for p in search[var.name])}")
+        if first is None:
+            first = entry
+            region.check(*entry.shape, where=str(entry.path))
+        fields[var.name] = region.apply(_field(var, entry))
+        provenance[var.name] = dict(entry.provenance or {})
+        if var.step_range:
+            provenance[var.name]["GRIB_stepRange"] = var.step_range
+    if first is None:
+        raise GribReadError("no catalogue variable to read")
+    lat, lon = (region.apply(a) for a in first.latlon) if metadata else (None, None)
+    return Slot(fields, lat, lon, first.grid_attrs, provenance if metadata else None, first.valid_time)
 
 
 def scan_valid_time(path: Path) -> np.datetime64:
     """Valid time of a GRIB file from its first message (header only, fast); GribReadError if unreadable."""
-    import eccodes
-
     try:
         with open(path, "rb") as f:
             h = eccodes.codes_grib_new_from_file(f)
             if h is None:
                 raise GribReadError(f"{path}: no GRIB message in the file")
             try:
-                date, time = eccodes.codes_get(h, "validityDate"), eccodes.codes_get(h, "validityTime")
+                return _valid_time(h)
             finally:
                 eccodes.codes_release(h)
     except GribReadError:
         raise
     except Exception as err:
         raise GribReadError(f"{path}: cannot be read as GRIB ({str(err).splitlines()[0]})") from None
-    d, t = f"{date:08d}", f"{time:04d}"
-    return np.datetime64(f"{d[:4]}-{d[4:6]}-{d[6:]}T{t[:2]}:{t[2:]}", "ns")

@@ -196,7 +196,7 @@ def process_slot(store: str, index: int, time: str, files: dict, catalogue_json:
     by_kind = {k: [Path(p) for p in v] for k, v in files.items()}
     variables = [v for v in catalogue.variables if v.role != "static"]
     try:
-        slot = read_slot(by_kind, catalogue, Region(*region), variables=variables)
+        slot = read_slot(by_kind, catalogue, Region(*region), variables=variables, metadata=False)
         store_writer.write_slot(Path(store), index, slot.fields)
     except UserError as err:  # GribReadError included: the coordinator applies the error policy
         return {"index": index, "time": time, "ok": False, "error": str(err), "files": files}

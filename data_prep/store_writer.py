@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import os
@@ -21,6 +22,8 @@ import dask.array as dsa
 import numpy as np
 import xarray as xr
 import zarr
+import zarr.api.asynchronous as zarr_async
+from zarr.core.sync import sync as zarr_sync
 
 from def_jax import __version__
 from def_jax.catalogue import Catalogue, Variable
@@ -148,14 +151,19 @@ def remove_stale_partials(path: Path) -> None:
 
 
 def write_slot(path: Path, index: int, fields: dict[str, np.ndarray]) -> None:
-    """Write one time slot's data (all non-static variables), then mark it written."""
-    group = zarr.open_group(path, mode="r+")
-    for name, values in fields.items():
-        arr = group[name]
+    """Write one time slot's data (all non-static variables, concurrently), then mark it written."""
+    zarr_sync(_write_slot(path, index, fields))  # on zarr's own event loop, as its synchronous API does
+
+
+async def _write_slot(path: Path, index: int, fields: dict[str, np.ndarray]) -> None:
+    group = await zarr_async.open_group(store=str(path), mode="r+")
+    arrays = await asyncio.gather(*(group.getitem(name) for name in fields))
+    for (name, values), arr in zip(fields.items(), arrays):
         if values.shape != arr.shape[1:]:
             raise UserError(f"store {path}: {name} has shape {values.shape}, the store expects {arr.shape[1:]}")
-        arr[index] = values
-    group[schema.STATUS][index] = schema.WRITTEN
+    await asyncio.gather(*(arr.setitem(index, values) for arr, values in zip(arrays, fields.values())))
+    status = await group.getitem(schema.STATUS)
+    await status.setitem(index, np.int8(schema.WRITTEN))  # only after every field is on disk
 
 
 def mark_slot(path: Path, index: int, status: int) -> None:

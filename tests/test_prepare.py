@@ -15,7 +15,7 @@ import xarray as xr
 import zarr
 from grib_fixtures import small_catalogue, write_hours
 
-from data_prep.grib_read import Region
+from data_prep.grib_read import GRID_KEYS, PROVENANCE_KEYS, Region, read_slot
 from data_prep.prepare import PrepareOptions, prepare
 from data_prep.store_writer import log_path
 from def_jax.catalogue import Catalogue, load_catalogue
@@ -123,6 +123,39 @@ def test_real_nam_file_equals_cfgrib(tmp_path):
     np.testing.assert_array_equal(ds["longitude"].values, ref["longitude"].values)
     assert ds["u"].attrs["GRIB_uvRelativeToGrid"] == 1  # NCEP winds are grid-relative: recorded
     assert ds["cape"].attrs["valid_min"] == 0
+
+
+def test_read_slot_equals_cfgrib_fields_attributes_and_grid(tmp_path):
+    """One ecCodes pass per file reads what cfgrib reads: every field, the provenance and grid attributes, the
+    latitude/longitude (the NAM file packs u and v in one multi-field message, the HRRR file has two accumulations of
+    tp at the same step); without ``metadata`` the same fields and nothing else."""
+    for path, items in ((NAM_FILE, NAM_VARS), (HRRR_FILE, APCP)):
+        catalogue = user_catalogue(tmp_path, items)
+        slot = read_slot({None: [path]}, catalogue, Region())
+        for var in catalogue.variables:
+            ref = cfgrib(path, **var.filter_keys())
+            if var.levels is not None:
+                ref = ref.sel({var.type_of_level: list(var.levels)})
+            np.testing.assert_array_equal(slot.fields[var.name], ref.values.astype(np.float32), err_msg=var.name)
+            expected = {k: ref.attrs[k] for k in PROVENANCE_KEYS if k in ref.attrs}
+            expected.update({"GRIB_stepRange": var.step_range} if var.step_range else {})
+            assert slot.provenance[var.name] == expected, var.name
+        first = cfgrib(path, **catalogue.variables[0].filter_keys())
+        assert slot.grid_attrs == {k: first.attrs[k] for k in GRID_KEYS if k in first.attrs}
+        np.testing.assert_array_equal(slot.latitude, first["latitude"].values)
+        np.testing.assert_array_equal(slot.longitude, first["longitude"].values)
+        assert slot.valid_time == first["valid_time"].values
+        bare = read_slot({None: [path]}, catalogue, Region(), metadata=False)
+        assert bare.fields.keys() == slot.fields.keys() and bare.latitude is None and bare.provenance is None
+        for name, values in slot.fields.items():
+            np.testing.assert_array_equal(bare.fields[name], values)
+
+
+def test_messages_that_the_catalogue_does_not_tell_apart_are_an_error(tmp_path):
+    catalogue = user_catalogue(tmp_path, [{"name": "apcp", "shortName": "tp", "typeOfLevel": "surface"}])
+    with pytest.raises(UserError, match=r"subset_20201214.*apcp \(shortName tp on surface\) has several messages; "
+                                        r"give the catalogue entry a stepRange"):
+        read_slot({None: [HRRR_FILE]}, catalogue, Region())
 
 
 def test_absent_variable_names_variable_level_and_file(tmp_path):
