@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from data_prep import store_writer
 from def_jax.catalogue import Variable
 from def_jax.data import schema
 from def_jax.data.source import normalize_inplace
@@ -176,6 +177,7 @@ def spectral_covariance(store: Path, slots: np.ndarray, max_slots: int, tile: in
                 "spectral_bin_upper": (("spectral_bin",), edges[1:], {"units": "cycles per grid point"})})
     out.attrs = zarr.open_group(store, mode="r").attrs.asdict()
     out.to_zarr(store, mode="a", consolidated=False)
+    store_writer.consolidate(store)
     return int(len(pick))
 
 
@@ -197,3 +199,4 @@ def _write(store: Path, ds: xr.Dataset, catalogue, result: dict, period: str, n_
                    "stats_slots": n_slots, "stats_pairs": n_pairs,
                    "stats_created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     stats.to_zarr(store, mode="a", consolidated=False)
+    store_writer.consolidate(store)

@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import shutil
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
@@ -141,7 +142,18 @@ def create_store(
     # Data arrays are not computed (compute=False): only metadata, coordinates and statics are written; the data
     # chunks stay absent (= NaN) until their slot is written.
     ds.to_zarr(tmp, mode="w", compute=False, encoding=encoding, consolidated=False, zarr_format=3)
+    consolidate(tmp)
     os.replace(tmp, path)
+
+
+def consolidate(path: Path) -> None:
+    """Write the store's consolidated metadata (every array's metadata in the root ``zarr.json``), so that a plain
+    ``xr.open_zarr(store)`` opens it in one read. Slot writes change no metadata; whatever adds arrays or attributes
+    (``create_store``, ``def-jax stats``) calls this afterwards. (zarr-python warns that consolidated metadata is not
+    yet part of the Zarr v3 specification; it is its own extension, read by xarray.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
+        zarr.consolidate_metadata(str(path))
 
 
 def remove_stale_partials(path: Path) -> None:

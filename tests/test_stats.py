@@ -63,6 +63,23 @@ def test_level_dims_of_stats(store):
     assert ds["t_mean"].dims == ("level",) and ds["t2m_std"].dims == () and ds["orog_mean"].dims == ()
 
 
+def test_a_plain_open_zarr_reads_the_consolidated_metadata(store):
+    """prepare and stats leave consolidated metadata: xr.open_zarr with its defaults opens the store without the
+    fallback warning, statistics and attributes included, and agrees with the unconsolidated reading."""
+    import warnings
+
+    import xarray as xr
+
+    compute_stats(store, "2024-06-01T00:2024-06-02T05", progress=False, log=lambda m: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(store)
+    listed = schema.open_store(store)
+    assert set(ds.variables) == set(listed.variables) and "t_mean" in ds
+    assert ds.attrs == listed.attrs and ds.attrs["stats_train_period"] == "2024-06-01T00:2024-06-02T05"
+    np.testing.assert_array_equal(ds[schema.STATUS].values, listed[schema.STATUS].values)
+
+
 def test_chan_merge_is_stable_for_large_offsets():
     rng = np.random.default_rng(0)
     x = (1e5 + rng.standard_normal((40, 2, 500))).astype(np.float64)  # surface pressure-like: huge mean, unit std
