@@ -45,9 +45,10 @@ def _unet(base_channels: int, channel_mults, attention_levels, **kw) -> ml_colle
             time_embedding_dim=kw.get("time_embedding_dim", 4 * base_channels),
             remat=False,  # rematerialize each block in the backward pass (memory for compute)
             dtype="float32",  # compute dtype: float32 | bfloat16 (parameters stay float32)
-            # how self-attention is computed (not what): auto | xla (scores in memory) | cudnn (fused, NVIDIA GPUs,
-            # bfloat16/float16) | chunked (memory-efficient, any backend); auto = xla on CPU, cudnn on GPUs where it
-            # applies, else chunked (def_jax/models/attention.py)
+            # how self-attention is computed (not what): auto | xla (scores in memory) | blocked (scores in memory,
+            # 256 query rows at a time: XLA:CPU's fastest) | cudnn (fused, NVIDIA GPUs, bfloat16/float16) | chunked
+            # (memory-efficient, any backend); auto = blocked on CPU, cudnn on GPUs where it applies, else chunked
+            # (def_jax/models/attention.py)
             attention="auto",
             attention_chunk=1024,  # chunked: tokens per query and per key chunk
         )

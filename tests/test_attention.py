@@ -1,6 +1,6 @@
-"""Self-attention three ways (def_jax.models.attention): the chunked, memory-efficient form equals XLA's and a float64
-NumPy reference, values and gradients; it never builds the N² score matrix (XLA's compiled memory analysis); the
-U-Nets compute the same with either; ``auto`` picks per backend."""
+"""Self-attention four ways (def_jax.models.attention): the blocked form (CPU) and the chunked, memory-efficient form
+equal XLA's and a float64 NumPy reference, values and gradients; the chunked one never builds the N² score matrix
+(XLA's compiled memory analysis); the U-Nets compute the same with any; ``auto`` picks per backend."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from def_jax.models.attention import attention, chunked_attention, resolve
+from def_jax.models.attention import attention, blocked_attention, chunked_attention, resolve
 
 
 def reference(q, k, v):
@@ -30,9 +30,11 @@ def test_chunked_equals_xla_and_float64(chunks):
     q, k, v = qkv()  # 100 tokens: the chunks do not divide them (padded keys must not count)
     expected = reference(q, k, v)
     chunked = chunked_attention(q, k, v, query_chunk=chunks[0], key_chunk=chunks[1])
+    blocked = blocked_attention(q, k, v, queries=chunks[0])  # queries padded to whole blocks, then dropped
     xla = attention(q, k, v, implementation="xla")
     np.testing.assert_allclose(np.asarray(xla), expected, rtol=2e-5, atol=2e-6)
     np.testing.assert_allclose(np.asarray(chunked), expected, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(blocked), expected, rtol=2e-5, atol=2e-6)
 
 
 def test_chunked_gradients_equal_xla():
@@ -43,16 +45,17 @@ def test_chunked_gradients_equal_xla():
         return jax.grad(lambda a, b, c: jnp.sum(fn(a, b, c) * cot), argnums=(0, 1, 2))(q, k, v)
 
     ref = grads(lambda a, b, c: attention(a, b, c, implementation="xla"))
-    got = grads(lambda a, b, c: chunked_attention(a, b, c, query_chunk=16, key_chunk=24))
-    for r, g in zip(ref, got, strict=True):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-5)
+    for fn in (lambda a, b, c: chunked_attention(a, b, c, query_chunk=16, key_chunk=24),
+               lambda a, b, c: blocked_attention(a, b, c, queries=16)):
+        for r, g in zip(ref, grads(fn), strict=True):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-5)
 
 
 def test_bfloat16_inputs_keep_their_dtype():
     q, k, v = (a.astype(jnp.bfloat16) for a in qkv(n=40, seed=2, scale=1.0))
-    out = chunked_attention(q, k, v, query_chunk=16, key_chunk=16)
-    assert out.dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(out, np.float32), reference(q, k, v), atol=2e-2)
+    for out in (chunked_attention(q, k, v, query_chunk=16, key_chunk=16), blocked_attention(q, k, v, queries=16)):
+        assert out.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(out, np.float32), reference(q, k, v), atol=2e-2)
 
 
 def test_chunked_never_builds_the_score_matrix():
@@ -75,7 +78,7 @@ def test_chunked_never_builds_the_score_matrix():
 
 
 def test_auto_picks_per_backend():
-    assert resolve("auto", jnp.float32, 64, backend="cpu") == "xla"
+    assert resolve("auto", jnp.float32, 64, backend="cpu") == "blocked"
     assert resolve("auto", jnp.bfloat16, 64, backend="gpu") == "cudnn"
     assert resolve("auto", jnp.float32, 64, backend="gpu") == "chunked"  # cuDNN's fused kernel needs 16-bit inputs
     assert resolve("auto", jnp.bfloat16, 256, backend="gpu") == "chunked"  # and heads of at most 128
@@ -93,7 +96,7 @@ def test_unet_computes_the_same_with_either_attention():
                          num_heads=2, norm_groups=4, time_embedding_dim=16, attention=impl, attention_chunk=96)
         return lambda: UNet(3, 3, cfg, time_conditioned=True, rngs=nnx.Rngs(0))
 
-    graphdefs = {impl: nnx.split(nnx.eval_shape(network(impl)))[0] for impl in ("xla", "chunked")}
+    graphdefs = {impl: nnx.split(nnx.eval_shape(network(impl)))[0] for impl in ("xla", "blocked", "chunked")}
     # random values for every weight (an initialized network's attention output projections are zero)
     abstract = nnx.state(nnx.eval_shape(network("xla")))
     rng = np.random.default_rng(3)
@@ -102,6 +105,7 @@ def test_unet_computes_the_same_with_either_attention():
     t = np.array([0.3, 0.7], np.float32)
     out = {impl: jax.jit(lambda s, x_, t_, g=g: nnx.merge(g, s)(x_, t_))(state, x, t) for impl, g in graphdefs.items()}
     np.testing.assert_allclose(np.asarray(out["chunked"]), np.asarray(out["xla"]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["blocked"]), np.asarray(out["xla"]), rtol=1e-4, atol=1e-5)
 
 
 def test_attention_choice_is_checked_and_not_part_of_a_checkpoints_model():
@@ -112,7 +116,8 @@ def test_attention_choice_is_checked_and_not_part_of_a_checkpoints_model():
 
     cfg = get_config("demo")
     cfg.denoiser.attention = "flash"
-    with pytest.raises(ConfigError, match="config.denoiser.attention: must be one of auto, xla, cudnn, chunked; got 'flash'"):
+    with pytest.raises(ConfigError, match="config.denoiser.attention: must be one of auto, xla, blocked, cudnn, chunked; "
+                                          "got 'flash'"):
         validate(cfg)
     saved = {"denoiser": {"attention": "cudnn", "attention_chunk": 512, "remat": True, "base_channels": 8}}
     loaded = {"denoiser": {"attention": "xla", "attention_chunk": 1024, "remat": False, "base_channels": 8}}
@@ -122,8 +127,8 @@ def test_attention_choice_is_checked_and_not_part_of_a_checkpoints_model():
 
 
 def test_info_counts_what_each_implementation_builds():
-    """def-jax info's attention term: the whole score matrix with xla, one chunk² block with chunked, none with cudnn
-    (hrrr_4090's bf16 denoiser: auto is cudnn on a GPU, xla here)."""
+    """def-jax info's attention term: the whole score matrix with xla, 256 of its rows with blocked, one chunk² block
+    with chunked, none with cudnn (hrrr_4090's bf16 denoiser: auto is cudnn on a GPU, blocked here)."""
     from configs.presets import get_config
 
     from def_jax.training.info import largest_attention_bytes
@@ -131,7 +136,9 @@ def test_info_counts_what_each_implementation_builds():
     cfg = get_config("hrrr_4090")
     den = cfg.denoiser  # attention at level 3 of 4 and in the middle: 1/8 resolution, 4 heads
     n = (1064 // 8) * (1800 // 8)  # 1059×1799 padded to multiples of 8
-    assert largest_attention_bytes(den, (1059, 1799), 2, backend="cpu") == ("xla", 2 * 4 * n * n * 4)
+    assert largest_attention_bytes(den, (1059, 1799), 2, backend="cpu") == ("blocked", 2 * 4 * 256 * n * 4)
     assert largest_attention_bytes(den, (1059, 1799), 2, backend="gpu") == ("cudnn", 0)
     den.attention = "chunked"
     assert largest_attention_bytes(den, (1059, 1799), 2, backend="gpu") == ("chunked", 2 * 4 * 1024 * 1024 * 4)
+    den.attention = "xla"
+    assert largest_attention_bytes(den, (1059, 1799), 2, backend="cpu") == ("xla", 2 * 4 * n * n * 4)

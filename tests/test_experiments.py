@@ -125,7 +125,7 @@ def test_gpu_check_runs_at_a_tiny_size(tmp_path):
     assert "backend: cpu" in summary["devices"]
     sampler, forecaster, diffusion = summary["rows"]
     assert sampler["what"].startswith("sampler (direct_residual, B=4, S=2)") and sampler["tflops"] > 0
-    assert [r["attention"] for r in summary["rows"]] == ["xla"] * 3  # auto on a CPU
+    assert [r["attention"] for r in summary["rows"]] == ["blocked"] * 3  # auto on a CPU
     assert all(r["peak_gb"] is None for r in summary["rows"])  # XLA:CPU keeps no device memory statistics
     assert forecaster["estimate_gb"] > 0 and diffusion["estimate_gb"] > 0
     for model in ("forecaster", "diffusion"):

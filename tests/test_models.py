@@ -141,6 +141,27 @@ def test_embedding_and_groups():
     assert UNetConfig(base_channels=256, channel_mults=(1, 1.5, 2, 3)).widths == (256, 384, 512, 768)
 
 
+@pytest.mark.parametrize("shape, groups", [((2, 12, 16, 16), 8), ((3, 5, 7, 12), 3), ((2, 6, 24), 4)])
+def test_group_norm_equals_flax_and_float64(shape, groups):
+    """The per-channel-sums GroupNorm of the U-Nets equals nnx.GroupNorm (same parameters) and a float64 NumPy
+    reference within float32 rounding, for feature maps of any rank."""
+    from def_jax.models.layers import GroupNorm
+
+    c, rng = shape[-1], np.random.default_rng(5)
+    x = (3.0 * rng.normal(size=shape) + 1.5).astype(np.float32)
+    scale, bias = rng.uniform(0.5, 2.0, c).astype(np.float32), rng.normal(size=c).astype(np.float32)
+    mods = [cls(c, num_groups=groups, dtype=jnp.float32, rngs=nnx.Rngs(0)) for cls in (GroupNorm, nnx.GroupNorm)]
+    for m in mods:
+        m.scale[...], m.bias[...] = jnp.asarray(scale), jnp.asarray(bias)
+    assert jax.tree.structure(nnx.state(mods[0])) == jax.tree.structure(nnx.state(mods[1]))  # checkpoints fit both
+    got, flax_out = (np.asarray(jax.jit(lambda v, m=m: m(v))(x)) for m in mods)
+    xg = x.astype(np.float64).reshape(shape[0], -1, groups, c // groups)  # [B, positions, G, C/G]
+    mean, var = xg.mean(axis=(1, 3), keepdims=True), xg.var(axis=(1, 3), keepdims=True)
+    expected = ((xg - mean) / np.sqrt(var + 1e-6)).reshape(shape) * scale + bias
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(got, flax_out, rtol=1e-5, atol=2e-5)
+
+
 def test_denoiser_linear_skip_starts_as_the_plain_network_and_can_express_the_def_answer():
     """At initialization the skip path is zero (a, b start at 0), so the output is the plain U-Net's; setting
     a = 1/σ, b = −α/σ (P = I) makes the skip path alone the exact ε of DEF's c = x_0."""

@@ -1,9 +1,13 @@
-"""Scaled dot-product attention, three ways, as pure functions of q, k, v [B, N, heads, d] → [B, N, heads, d].
+"""Scaled dot-product attention, four ways, as pure functions of q, k, v [B, N, heads, d] → [B, N, heads, d].
 
 softmax(q kᵀ / sqrt(d)) v (Vaswani et al. 2017, eq. 1) over all N tokens, computed by
 
 * ``xla``: ``jax.nn.dot_product_attention(implementation="xla")``: the [B, heads, N, N] score matrix is built in
-  memory (and kept for the backward pass) -- the fastest on a CPU at the sizes that fit;
+  memory (and kept for the backward pass);
+* ``blocked``: the same exact softmax over all N keys, for blocks of ``BLOCKED_QUERIES`` queries at a time (unrolled
+  up to ``BLOCKED_UNROLL`` blocks, else ``lax.map``), with heads ahead of tokens ([B, heads, block, N] scores); what
+  XLA:CPU runs fastest (docs/BENCHMARKS.md); the backward pass keeps every block's probabilities, as ``xla`` keeps
+  the whole matrix;
 * ``cudnn``: the same call with ``implementation="cudnn"``: cuDNN's fused (flash) kernel on NVIDIA GPUs, which never
   builds the score matrix; it needs float16/bfloat16 inputs and a head size of at most 128 (cuDNN's limits, checked by
   JAX when it compiles);
@@ -18,7 +22,7 @@ softmax(q kᵀ / sqrt(d)) v (Vaswani et al. 2017, eq. 1) over all N tokens, comp
   because each query chunk and each key step is rematerialized (``jax.checkpoint``), in the backward pass too.
   Tokens are padded to whole chunks; padded keys get a score of −∞.
 
-``auto`` picks per backend (:func:`resolve`): ``xla`` on CPU; on GPUs ``cudnn`` where its limits hold, else
+``auto`` picks per backend (:func:`resolve`): ``blocked`` on CPU; on GPUs ``cudnn`` where its limits hold, else
 ``chunked``; ``chunked`` elsewhere.
 """
 
@@ -30,7 +34,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "xla", "cudnn", "chunked")
+IMPLEMENTATIONS = ("auto", "xla", "blocked", "cudnn", "chunked")
+BLOCKED_QUERIES = 256  # queries per block of ``blocked`` (the fastest of 128/256/512/1024 on XLA:CPU, BENCHMARKS.md)
+BLOCKED_UNROLL = 64  # up to this many blocks (16384 tokens) ``blocked`` is unrolled, beyond it a loop
 CUDNN_DTYPES = (jnp.float16, jnp.bfloat16)
 CUDNN_MAX_HEAD_DIM = 128
 
@@ -44,7 +50,7 @@ def resolve(implementation: str, dtype, head_dim: int, backend: str | None = Non
         return implementation
     backend = backend or jax.default_backend()
     if backend == "cpu":
-        return "xla"
+        return "blocked"
     if backend in ("gpu", "cuda") and jnp.dtype(dtype) in [jnp.dtype(d) for d in CUDNN_DTYPES] \
             and head_dim <= CUDNN_MAX_HEAD_DIM:
         return "cudnn"
@@ -57,7 +63,32 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str =
     impl = resolve(implementation, q.dtype, q.shape[-1])
     if impl in ("xla", "cudnn"):
         return jax.nn.dot_product_attention(q, k, v, implementation=impl)
+    if impl == "blocked":
+        return blocked_attention(q, k, v)
     return chunked_attention(q, k, v, query_chunk=query_chunk, key_chunk=key_chunk)
+
+
+def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, queries: int = BLOCKED_QUERIES) -> jax.Array:
+    """Exact attention over all keys for ``queries`` queries at a time: q, k, v [B, N, heads, d] → [B, N, heads, d]
+    in q's dtype, the softmax in float32 (module docstring)."""
+    b, n, h, d = q.shape
+    qc = max(1, min(int(queries), n))
+    nq = -(-n // qc)
+    qt = _pad_tokens(q.astype(jnp.float32) * (1.0 / math.sqrt(d)), nq * qc)  # [B, nq·qc, h, d]
+    qs = qt.reshape(b, nq, qc, h, d).transpose(1, 0, 3, 2, 4)  # [nq, B, h, qc, d]
+    kt = k.astype(jnp.float32).transpose(0, 2, 1, 3)  # [B, h, N, d]
+    vt = v.astype(jnp.float32).transpose(0, 2, 1, 3)  # [B, h, N, d]
+
+    def block(qi):  # [B, h, qc, d] → [B, h, qc, d]
+        s = jnp.einsum("bhqd,bhkd->bhqk", qi, kt)  # [B, h, qc, N]
+        e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+        return jnp.einsum("bhqk,bhkd->bhqd", e, vt) / jnp.sum(e, axis=-1, keepdims=True)
+
+    if nq <= BLOCKED_UNROLL:  # unrolled: faster on XLA:CPU, and XLA's cost analysis counts every block
+        out = jnp.stack([block(qs[i]) for i in range(nq)])  # [nq, B, h, qc, d]
+    else:  # a loop keeps the program small (its FLOPs count one block in XLA's cost analysis)
+        out = jax.lax.map(block, qs)
+    return out.transpose(1, 0, 3, 2, 4).reshape(b, nq * qc, h, d)[:, :n].astype(q.dtype)
 
 
 def _pad_tokens(x: jax.Array, n: int) -> jax.Array:

@@ -43,9 +43,33 @@ def groups_for(channels: int, wanted: int) -> int:
     return max(g for g in range(1, min(wanted, channels) + 1) if channels % g == 0)
 
 
-def _norm(channels: int, groups: int, rngs: nnx.Rngs) -> nnx.GroupNorm:
+class GroupNorm(nnx.GroupNorm):
+    """``nnx.GroupNorm`` (same parameters, same result up to float32 rounding) for feature maps [B, ..., C], with the
+    statistics reduced per channel first and then per group: [B, C] sums instead of a [B, ..., G, C/G] view, which
+    XLA:CPU runs about 1.8× faster (docs/BENCHMARKS.md). Mean and variance E[x²] − E[x]² (flax's fast variance) in
+    float32, y = (x − mean) · scale / sqrt(var + ε) + bias."""
+
+    def __call__(self, x: jax.Array, *, mask: Optional[jax.Array] = None) -> jax.Array:
+        if mask is not None or self.reduction_axes is not None or x.ndim < 3 or self.axis_name is not None:
+            return super().__call__(x, mask=mask)
+        x = x.astype(jnp.promote_types(self.dtype or x.dtype, jnp.float32))
+        axes = tuple(range(1, x.ndim - 1))
+        b, g = x.shape[0], self.num_groups
+        m1 = jnp.mean(x, axis=axes).reshape(b, g, -1).mean(-1)  # [B, G]: E[x] per group
+        m2 = jnp.mean(jnp.square(x), axis=axes).reshape(b, g, -1).mean(-1)  # [B, G]: E[x²]
+        inv = jax.lax.rsqrt(jnp.maximum(m2 - jnp.square(m1), 0.0) + self.epsilon)  # [B, G]
+        inv = jnp.repeat(inv, self.group_size, axis=1)  # [B, C]
+        mean = jnp.repeat(m1, self.group_size, axis=1)  # [B, C]
+        if self.use_scale:
+            inv = inv * self.scale[...]
+        shift = -mean * inv + (self.bias[...] if self.use_bias else 0.0)  # [B, C]
+        expand = (slice(None),) + (None,) * len(axes) + (slice(None),)
+        return x * inv[expand] + shift[expand]
+
+
+def _norm(channels: int, groups: int, rngs: nnx.Rngs) -> GroupNorm:
     # Normalization statistics in float32 whatever the compute dtype.
-    return nnx.GroupNorm(channels, num_groups=groups_for(channels, groups), dtype=jnp.float32, rngs=rngs)
+    return GroupNorm(channels, num_groups=groups_for(channels, groups), dtype=jnp.float32, rngs=rngs)
 
 
 class ResBlock(nnx.Module):

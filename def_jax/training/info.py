@@ -18,6 +18,7 @@ from flax import nnx
 
 from def_jax.models.networks import Channels
 from def_jax.errors import UserError
+from def_jax.models.attention import BLOCKED_QUERIES
 from def_jax.models.attention import resolve as resolve_attention
 from def_jax.models.unet import DTYPES, UNetConfig
 from def_jax.training import objectives
@@ -83,8 +84,8 @@ def model_report(cfg: Any, kind: str, grid: tuple[int, int], *, memory: bool, ba
             x = b["inputs"][:, -1]
             c = jnp.zeros((1, h, w, cond_ch), jnp.float32)
             return nnx.merge(g, p)(x, jnp.ones((1,)), c)
-    # FLOPs are counted on the same network with XLA's attention: the chunked form computes the same products in a
-    # loop, which XLA's cost analysis counts once instead of once per iteration
+    # FLOPs are counted on the same network with XLA's attention: the blocked and chunked forms compute the same
+    # products in a loop, which XLA's cost analysis counts once instead of once per iteration
     flop_cfg = cfg.copy_and_resolve_references()
     flop_cfg[section].attention = "xla"
     flop_graphdef = nnx.split(nnx.eval_shape(builder(flop_cfg)))[0]
@@ -106,8 +107,9 @@ def largest_attention_bytes(cfg_model: Any, grid: tuple[int, int], batch: int,
                             backend: Optional[str] = None) -> tuple[str, int]:
     """The attention implementation on ``backend`` (default: this one) and the bytes of the largest transient it
     builds at once, in float32: ``xla`` the whole score matrix, batch × heads × N² (N the tokens at the finest
-    attended level; the middle block attends at the coarsest); ``chunked`` one block of it, batch × heads ×
-    query chunk × key chunk; ``cudnn`` none (the fused kernel keeps its blocks on chip)."""
+    attended level; the middle block attends at the coarsest); ``blocked`` one block of query rows of it, batch ×
+    heads × 256 × N; ``chunked`` one block, batch × heads × query chunk × key chunk; ``cudnn`` none (the fused kernel
+    keeps its blocks on chip)."""
     ucfg = UNetConfig.from_config(cfg_model)
     m = ucfg.multiple
     h, w = -(-grid[0] // m) * m, -(-grid[1] // m) * m
@@ -120,6 +122,8 @@ def largest_attention_bytes(cfg_model: Any, grid: tuple[int, int], batch: int,
     if impl == "chunked":
         c = min(int(ucfg.attention_chunk), n)
         return impl, batch * ucfg.num_heads * c * c * 4
+    if impl == "blocked":
+        return impl, batch * ucfg.num_heads * min(BLOCKED_QUERIES, n) * n * 4
     return impl, batch * ucfg.num_heads * n * n * 4
 
 

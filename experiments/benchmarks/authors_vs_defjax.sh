@@ -7,6 +7,7 @@
 #   CONFIG   [configs/presets.py:demo]  def-jax config; its denoiser section sets the torch U-Net too
 #   GRID     [64x64]   (not the config's grid: the comparison is made on 64×64)   MEMBERS [4]   STEPS [10]   GUIDANCE [0.5]   REPEATS [3]
 #   THREADS  [2]       torch threads; when below the CPU count both sides are pinned to that many cores (taskset)
+#   DEFJAX_EXTRA ['']  more def-jax options, e.g. "--config.denoiser.attention=xla" (not read by the torch side)
 # Needs .venv (the project) and .venv-authors (experiments/benchmarks/authors_stack/requirements.txt).
 # Writes OUTDIR/defjax.json, OUTDIR/diffusers.json, their logs and OUTDIR/comparison.txt.
 set -euo pipefail
@@ -85,7 +86,7 @@ if (( THREADS < $(nproc) )); then PIN=(taskset -c "0-$((THREADS - 1))"); fi
 
 # DEFJAX_ARGS: the def-jax side: the config's U-Net denoiser (--eps=unet, the default), one guided reverse diffusion
 # per member (2B samples per network call), the same solver (the demo's x0_clip adds a few elementwise ops); the linear
-# skip of ε_θ is switched off because
+# skip of ε_θ (and with it the null condition's spectral prior, which needs it) is switched off because
 # diffusers' UNet2DModel has none (it costs < 0.1 % of the FLOPs anyway). `--config.sampler.spacing=time_uniform` is
 # closest to diffusers' "linspace" timesteps (it does not change the cost).
 DEFJAX_ARGS=(
@@ -95,6 +96,7 @@ DEFJAX_ARGS=(
   --lead_steps=1
   --config.ensemble.walks=1
   --config.denoiser.linear_skip=False
+  --config.denoiser.null_prior=white
   --repeats="$REPEATS"
   --config.sampler.name=dpm_solver_pp
   --config.sampler.order=2
@@ -104,6 +106,8 @@ DEFJAX_ARGS=(
   --config.sampler.steps="$STEPS"
   --config.ensemble.guidance_scale="$GUIDANCE"
 )
+read -ra EXTRA_ARGS <<< "${DEFJAX_EXTRA:-}"
+DEFJAX_ARGS+=("${EXTRA_ARGS[@]}")
 
 echo "### def-jax: ${PIN[*]} $DEFJAX bench sampler ${DEFJAX_ARGS[*]} --out=$OUT/defjax.json"
 "${PIN[@]}" "$DEFJAX" bench sampler "${DEFJAX_ARGS[@]}" --out="$OUT/defjax.json" 2>&1 | tee "$OUT/defjax.log"
