@@ -77,7 +77,7 @@ def test_unknown_variant():
         ("data.test_period", "2024-07-04T12:2024-07-20T23", "config.data.train_period: 2024-06-01T00:2024-07-04T23 "
          "overlaps data.test_period 2024-07-04T12:2024-07-20T23: splits must be disjoint"),
         ("data.val_period", "2024-07-11", "config.data.val_period: value '2024-07-11': expected START:END"),
-        ("forecaster.attention", "flash", "config.forecaster.attention: must be one of auto, xla, cudnn, chunked"),
+        ("forecaster.attention", "flash", "config.forecaster.attention: must be one of auto, xla, blocked, cudnn, chunked"),
     ],
 )
 def test_invalid_values_are_named(field, value, message):
