@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from data_prep.layout import KINDS, noaa_path
-from def_jax.catalogue import Catalogue, Variable
+from def_jax.catalogue import Catalogue, Variable, level_str
 from def_jax.errors import UserError
 
 PRODUCTS = {"wrfprsf": "prs", "wrfsfcf": "sfc"}  # file kind -> Herbie ``product`` of model "hrrr"
@@ -47,8 +47,8 @@ class Wanted(NamedTuple):
     def label(self) -> str:
         """``t500 (TMP 500 mb)``: the channel and its inventory line, for error messages."""
         v = self.variable
-        channel = f"{v.name}{_level_str(self.level)}" if v.levels is not None else v.name
-        text = v.idx_level.replace("{level}", _level_str(self.level)) if self.level is not None else v.idx_level
+        channel = f"{v.name}{level_str(self.level)}" if v.levels is not None else v.name
+        text = v.idx_level.replace("{level}", level_str(self.level)) if self.level is not None else v.idx_level
         return f"{channel} ({v.idx_name} {text})"
 
     def matches(self, short_name: str, type_of_level: str, level: float, step_range: str) -> bool:
@@ -82,10 +82,6 @@ def search_strings(catalogue: Catalogue) -> dict[str, str]:
         if regexes:
             out[kind] = "|".join(regexes)
     return out
-
-
-def _level_str(level: float) -> str:
-    return str(int(level)) if float(level).is_integer() else str(level)
 
 
 def _all_wanted(catalogue: Catalogue, notes: bool) -> list[Wanted]:
@@ -159,7 +155,7 @@ def verify_subset(path: str | Path, catalogue: Catalogue, kind: str, *, name: st
         if missing:
             parts.append("missing " + ", ".join(_missing_labels(wanted, missing)))
         if unused:
-            extra = Counter(f"{s}/{t}/{_level_str(lev)}/step {r}" for s, t, lev, r in (found[j] for j in unused))
+            extra = Counter(f"{s}/{t}/{level_str(lev)}/step {r}" for s, t, lev, r in (found[j] for j in unused))
             shown_extra = [k if n == 1 else f"{k} ×{n}" for k, n in extra.items()]
             more = f" and {len(shown_extra) - 10} more" if len(shown_extra) > 10 else ""
             parts.append("unexpected " + ", ".join(shown_extra[:10]) + more)

@@ -200,14 +200,19 @@ def _scan_file(path: Path, wanted: Sequence[Variable], metadata: bool) -> dict[s
     return found
 
 
+def _unreadable(path: Path, err: Exception) -> GribReadError:
+    """The one-line error for a file ecCodes cannot read (truncated, corrupt): the file and ecCodes' first line."""
+    msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return GribReadError(f"{path}: cannot be read as GRIB ({msg})")
+
+
 def _scan_messages(f, path: Path, by_key: dict, found: dict, metadata: bool) -> None:
     """Every message of the open file ``f``: the candidates' messages into ``found`` (:func:`_take`)."""
     while True:
         try:
             h = eccodes.codes_grib_new_from_file(f)
         except Exception as err:  # ecCodes raises several types for truncated or corrupt files
-            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise GribReadError(f"{path}: cannot be read as GRIB ({msg})") from None
+            raise _unreadable(path, err) from None
         if h is None:
             break
         try:
@@ -218,8 +223,7 @@ def _scan_messages(f, path: Path, by_key: dict, found: dict, metadata: bool) -> 
         except GribReadError:
             raise
         except Exception as err:
-            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise GribReadError(f"{path}: cannot be read as GRIB ({msg})") from None
+            raise _unreadable(path, err) from None
         finally:
             eccodes.codes_release(h)
 
@@ -341,4 +345,4 @@ def scan_valid_time(path: Path) -> np.datetime64:
     except GribReadError:
         raise
     except Exception as err:
-        raise GribReadError(f"{path}: cannot be read as GRIB ({str(err).splitlines()[0]})") from None
+        raise _unreadable(path, err) from None

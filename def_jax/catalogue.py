@@ -85,7 +85,7 @@ class Variable:
         """Channel names: ``name`` for a single-level variable, ``name<level>`` per level (e.g. ``t500``)."""
         if self.levels is None:
             return [self.name]
-        return [f"{self.name}{_level_str(lev)}" for lev in self.levels]
+        return [f"{self.name}{level_str(lev)}" for lev in self.levels]
 
     @property
     def num_channels(self) -> int:
@@ -105,7 +105,7 @@ class Variable:
         """The regular expression matching this variable's line in a NOAA ``.idx`` inventory (Herbie searchString)."""
         if self.idx_name is None or self.idx_level is None:
             return None
-        text = self.idx_level.replace("{level}", _level_str(level)) if level is not None else self.idx_level
+        text = self.idx_level.replace("{level}", level_str(level)) if level is not None else self.idx_level
         return f":{self.idx_name}:{_regex_escape(text)}:"
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,7 +125,8 @@ class Variable:
         return out
 
 
-def _level_str(level: float) -> str:
+def level_str(level: float) -> str:
+    """A level as NOAA's inventories and the channel names write it: 500, 0.5."""
     return str(int(level)) if float(level).is_integer() else str(level)
 
 

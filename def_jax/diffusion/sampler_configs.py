@@ -31,11 +31,6 @@ from def_jax.diffusion.timesteps import SPACINGS
 Sampler = Callable[[S.EpsFn, jax.Array, VPSchedule, jax.Array], jax.Array]  # sample(eps_fn, x_T, schedule, key)
 
 
-def _check_choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SamplerConfig:
     """The settings every solver has.
@@ -83,7 +78,7 @@ class FixedStepSampler(SamplerConfig):
         super().__post_init__()
         if not self.steps >= 1:
             raise ValueError(f"steps must be >= 1; got {self.steps}")
-        _check_choice("spacing", self.spacing, SPACINGS)
+        S.check_choice("spacing", self.spacing, SPACINGS)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -98,8 +93,8 @@ class DPMSolverPP(FixedStepSampler):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_choice("order", self.order, (1, 2, 3))
-        _check_choice("method", self.method, S.METHODS)
+        S.check_choice("order", self.order, (1, 2, 3))
+        S.check_choice("method", self.method, S.METHODS)
 
     def solve(self, eps_fn, x_T, schedule, key):
         return S.dpm_solver_pp(eps_fn, x_T, schedule, steps=self.steps, order=self.order, method=self.method,
@@ -121,7 +116,7 @@ class DPMSolverPPAdaptive(SamplerConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_choice("order", self.order, (2, 3))
+        S.check_choice("order", self.order, (2, 3))
 
     def solve_with_info(self, eps_fn: S.EpsFn, x_T: jax.Array, schedule: VPSchedule
                         ) -> tuple[jax.Array, S.AdaptiveInfo]:
@@ -189,7 +184,7 @@ def sampler_config(section: Mapping[str, Any]) -> SamplerConfig:
     """
     settings = dict(section.items())
     name = settings.pop("name")
-    _check_choice("sampler", name, SAMPLERS)
+    S.check_choice("sampler", name, SAMPLERS)
     cls = SAMPLER_CONFIGS[name]
     own = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(settings) - FIELDS)

@@ -66,7 +66,8 @@ def _combine(a, b, x, stack):
     return a.astype(dt) * x + sum(b[k].astype(dt) * stack[k] for k in range(len(stack)))
 
 
-def _check_choice(name: str, value: Any, choices: tuple) -> None:
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    """``ValueError`` naming the setting unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
@@ -193,9 +194,9 @@ def dpm_solver_pp(
     Returns:
       The sample at ``t_end``, same shape and dtype as ``x_T``.
     """
-    _check_choice("order", order, (1, 2, 3))
-    _check_choice("method", method, METHODS)
-    _check_choice("spacing", spacing, SPACINGS)
+    check_choice("order", order, (1, 2, 3))
+    check_choice("method", method, METHODS)
+    check_choice("spacing", spacing, SPACINGS)
     t_start, t_end = resolve_time_range(schedule, t_start, t_end)
     x = x_T.astype(_state_dtype(x_T))
     ts = time_grid(schedule, steps, spacing, t_start, t_end)  # [steps + 1]
@@ -256,7 +257,7 @@ def dpm_solver_pp_adaptive(
     unfinished sample) and ``info.t_final`` says where the solve stopped. ``denoise_to_zero`` as in
     :func:`dpm_solver_pp` (one more NFE, not counted in ``info.nfe``).
     """
-    _check_choice("order", order, (2, 3))
+    check_choice("order", order, (2, 3))
     t_start, t_end = resolve_time_range(schedule, t_start, t_end)
     x0 = x_T.astype(_state_dtype(x_T))
     r1, r2 = (0.5, None) if order == 2 else (1.0 / 3.0, 2.0 / 3.0)
@@ -333,7 +334,7 @@ def ddim(
 
     ``key`` is required when η > 0; the noise of step i is drawn with ``fold_in(key, i)``.
     """
-    _check_choice("spacing", spacing, SPACINGS)
+    check_choice("spacing", spacing, SPACINGS)
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     if eta > 0 and key is None:
@@ -362,7 +363,7 @@ def ddpm(
     """DDPM ancestral sampling. The default ``steps = T − 1`` with time-uniform spacing from 1 to 1/T walks exactly the
     training chain τ = T → 1; ``denoise_to_zero`` then takes DDPM's final noise-free step to τ = 0 (x̂_0).
     """
-    _check_choice("spacing", spacing, SPACINGS)
+    check_choice("spacing", spacing, SPACINGS)
     steps = schedule.num_steps - 1 if steps is None else steps
     t_start, t_end = resolve_time_range(schedule, t_start, t_end)
     x = x_T.astype(_state_dtype(x_T))

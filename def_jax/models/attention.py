@@ -35,7 +35,9 @@ import jax
 import jax.numpy as jnp
 
 IMPLEMENTATIONS = ("auto", "xla", "blocked", "cudnn", "chunked")
-BLOCKED_QUERIES = 256  # queries per block of ``blocked`` (the fastest of 128/256/512/1024 on XLA:CPU, BENCHMARKS.md)
+# queries per block of ``blocked``: at 1024 tokens (4 heads × 64, B = 2, one core) 256 ran in 38 ms, 128 in 45 ms,
+# one block of 1024 in 104 ms (512 was not measured)
+BLOCKED_QUERIES = 256
 BLOCKED_UNROLL = 64  # up to this many blocks (16384 tokens) ``blocked`` is unrolled, beyond it a loop
 CUDNN_DTYPES = (jnp.float16, jnp.bfloat16)
 CUDNN_MAX_HEAD_DIM = 128

@@ -16,13 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from def_jax.models.networks import Channels
 from def_jax.errors import UserError
 from def_jax.models.attention import BLOCKED_QUERIES
 from def_jax.models.attention import resolve as resolve_attention
+from def_jax.models.build import build_denoiser, build_forecaster, config_channels, null_prior
+from def_jax.models.networks import Channels
 from def_jax.models.unet import DTYPES, UNetConfig
 from def_jax.training import objectives
-from def_jax.models.build import build_denoiser, build_forecaster, config_channels, null_prior
 from def_jax.training.run import needs_forecaster, training_objective
 from def_jax.training.state import init_train_state, make_optimizer, make_train_step
 
@@ -84,8 +84,9 @@ def model_report(cfg: Any, kind: str, grid: tuple[int, int], *, memory: bool, ba
             x = b["inputs"][:, -1]
             c = jnp.zeros((1, h, w, cond_ch), jnp.float32)
             return nnx.merge(g, p)(x, jnp.ones((1,)), c)
-    # FLOPs are counted on the same network with XLA's attention: the blocked and chunked forms compute the same
-    # products in a loop, which XLA's cost analysis counts once instead of once per iteration
+    # FLOPs are counted on the same network with XLA's attention: the chunked form (and the blocked one beyond
+    # BLOCKED_UNROLL blocks) computes the same products in a loop, which XLA's cost analysis counts once instead of
+    # once per iteration
     flop_cfg = cfg.copy_and_resolve_references()
     flop_cfg[section].attention = "xla"
     flop_graphdef = nnx.split(nnx.eval_shape(builder(flop_cfg)))[0]
