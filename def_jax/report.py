@@ -25,21 +25,6 @@ Intervals in brackets are 90 % bootstrap intervals over the forecast cycles.
 """
 
 
-def _interval(df: pd.DataFrame, system: str, variable: str, level, lead: int, score: str, threshold=None
-              ) -> tuple[float, float, float]:
-    """(value, low, high) of a score (NaN bounds when the table has no intervals)."""
-    q = (df.system == system) & (df.variable == variable) & (df.lead_hours == lead) & (df.score == score)
-    q &= df.level.isna() if level is None else (df.level == level)
-    if threshold is not None:
-        q &= np.isclose(df.threshold, threshold)
-    rows = df.loc[q]
-    if not len(rows):
-        return (np.nan, np.nan, np.nan)
-    r = rows.iloc[0]
-    return tuple(float(r.get(c, np.nan)) if pd.notna(r.get(c, np.nan)) else np.nan
-                 for c in ("value", "value_low", "value_high"))
-
-
 def _fmt_ci(v: tuple, digits: int = 3) -> str:
     value, lo, hi = v
     if not np.isfinite(value):

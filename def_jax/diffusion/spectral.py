@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -129,7 +128,3 @@ class SpectralPrior:
         """ε̂ = (x − α x̂_0)/σ: x [B, H, W, C], alpha, sigma [B] → [B, H, W, C]."""
         a, s = alpha[:, None, None, None], sigma[:, None, None, None]
         return (x - a * self.denoise(x, alpha, sigma)) / s
-
-
-def prior_or_white(prior: Optional[SpectralPrior], channels: int) -> SpectralPrior:
-    return prior if prior is not None else SpectralPrior.white(channels)
