@@ -5,15 +5,18 @@ Variables are found by the mapping ``--var-map STORE_NAME=DATASET_NAME,...`` or 
 GRIB shortName, or the common long names of ERA5/WeatherBench (``temperature``, ``2m_temperature``, …). Dimensions are
 recognised under their usual names (time/valid_time, level/isobaricInhPa/pressure_level/plev,
 latitude/lat, longitude/lon). Latitudes are ordered south to north, like the HRRR rows. The time axis is made regular at
-``dt_hours``; hours absent from the dataset are missing slots. Slots are written in blocks, each marked written after its
-data, so an interrupted run resumes where it stopped.
+``dt_hours``; hours absent from the dataset are missing slots. Slots are written in blocks (by ``workers`` processes, each
+opening the dataset itself), each slot marked written after its data, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import dataclasses
 import glob
+import multiprocessing
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import xarray as xr
@@ -63,7 +66,9 @@ def open_any(path: str) -> xr.Dataset:
             raise UserError(f"--from-xarray {path!r}: no such file")
         if len(files) == 1:
             return xr.open_dataset(files[0], chunks={})
-        return xr.open_mfdataset(files, combine="by_coords")
+        # variables without a time dimension (statics) are taken from the first file, not concatenated
+        return xr.open_mfdataset(files, combine="by_coords", data_vars="minimal", coords="minimal",
+                                 compat="override")
     except UserError:
         raise
     except Exception as err:
@@ -126,18 +131,49 @@ def _select(da: xr.DataArray, var: Variable, name: str, path: str) -> xr.DataArr
     return da.transpose(*order)
 
 
+def _open_arrays(path: str, catalogue: Catalogue,
+                 var_map: dict[str, str]) -> tuple[xr.Dataset, dict[str, xr.DataArray]]:
+    """The standardized dataset and each catalogue variable's (lazy) array in store order."""
+    ds = _standardize(open_any(path), path)
+    return ds, {v.name: _select(ds[_source_name(v, ds, var_map, path)], v, v.name, path) for v in catalogue.variables}
+
+
+def _write_block(out: Path, arrays: dict[str, xr.DataArray], variables: Sequence[Variable], region: Region,
+                 chunk: Sequence[tuple[int, int]]) -> None:
+    """Read the dataset's times ``j`` of ``chunk`` = [(store slot i, dataset time j), ...] at once and write slot i."""
+    src = [j for _, j in chunk]
+    data = {v.name: region.apply(np.asarray(arrays[v.name].isel(time=src).values, np.float32)) for v in variables}
+    for k, (i, _) in enumerate(chunk):
+        store_writer.write_slot(out, int(i), {name: values[k] for name, values in data.items()})
+
+
+_WORKER: dict = {}  # a worker process's open dataset, by (path, catalogue, var_map)
+
+
+def _worker_block(path: str, catalogue_json: str, var_map: tuple, region: tuple, out: str,
+                  chunk: list[tuple[int, int]]) -> int:
+    """One block in a worker process (the dataset is opened once per process)."""
+    key = (path, catalogue_json, var_map)
+    if key not in _WORKER:
+        _WORKER.clear()
+        _WORKER[key] = _open_arrays(path, catalogue_from_json(catalogue_json), dict(var_map))[1]
+    variables = [v for v in catalogue_from_json(catalogue_json).variables if v.role != "static"]
+    _write_block(Path(out), _WORKER[key], variables, Region(*region), chunk)
+    return len(chunk)
+
+
 def prepare_from_xarray(path: str, out: Path, catalogue: Catalogue, *, var_map: Optional[dict[str, str]] = None,
                         region: Optional[Region] = None, dt_hours: int = 1, chunks: Optional[tuple[int, int]] = None,
-                        compression: str = "zstd", block: int = 24, progress: bool = True,
+                        compression: str = "zstd", block: int = 24, workers: int = 1, progress: bool = True,
                         log: Callable[[str], None] = print) -> dict:
-    """Write (or complete) the store ``out`` from the dataset at ``path``; returns slot counts."""
+    """Write (or complete) the store ``out`` from the dataset at ``path``; returns slot counts. Blocks of ``block``
+    times are read and written by ``workers`` processes (each opens the dataset itself)."""
     var_map = var_map or {}
     region = region or Region()
     unknown = sorted(set(var_map) - {v.name for v in catalogue.variables})
     if unknown:
         raise UserError(f"--var-map names {unknown}, which are not in catalogue {catalogue.name!r}")
-    ds = _standardize(open_any(path), path)
-    arrays = {v.name: _select(ds[_source_name(v, ds, var_map, path)], v, v.name, path) for v in catalogue.variables}
+    ds, arrays = _open_arrays(path, catalogue, var_map)
     lat1, lon1 = ds["latitude"].values.astype(np.float64), ds["longitude"].values.astype(np.float64)
     lon2, lat2 = np.meshgrid(lon1, lat1)
     region.check(*lat2.shape, where=path)
@@ -173,15 +209,27 @@ def prepare_from_xarray(path: str, out: Path, catalogue: Catalogue, *, var_map: 
     index = np.searchsorted(axis, times)
     todo = [(i, j) for j, i in enumerate(index) if status[i] != schema.WRITTEN]
     dynamic = [v for v in catalogue.variables if v.role != "static"]
+    blocks = [[(int(i), int(j)) for i, j in todo[b:b + block]] for b in range(0, len(todo), block)]
     with progress_bar(len(todo), "prepare", "slot", progress) as bar:
-        for b in range(0, len(todo), block):
-            chunk = todo[b:b + block]
-            src = [j for _, j in chunk]
-            data = {v.name: region.apply(np.asarray(arrays[v.name].isel(time=src).values, np.float32))
-                    for v in dynamic}
-            for k, (i, _) in enumerate(chunk):
-                store_writer.write_slot(out, int(i), {name: values[k] for name, values in data.items()})
-            bar.update(len(chunk))
+        if workers <= 1 or len(blocks) <= 1:
+            for chunk in blocks:
+                _write_block(out, arrays, dynamic, region, chunk)
+                bar.update(len(chunk))
+        else:
+            args = (path, catalogue.to_json(), tuple(sorted(var_map.items())), dataclasses.astuple(region), str(out))
+            # spawn: the parent may have JAX initialized, and forking a multithreaded process is unsafe
+            with cf.ProcessPoolExecutor(min(workers, len(blocks)),
+                                        mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(_worker_block, *args, chunk) for chunk in blocks]
+                try:
+                    for fut in cf.as_completed(futures):
+                        bar.update(fut.result())
+                except cf.process.BrokenProcessPool:
+                    raise UserError("a prepare worker process died (killed or out of memory); the store is "
+                                    "resumable, rerun") from None
+                finally:
+                    for fut in futures:
+                        fut.cancel()
     summary = {"written": len(todo), "already": len(times) - len(todo), "missing": len(axis) - len(times),
                "failed": 0, "slots": len(axis)}
     log(f"{out}: {summary['written']} slot(s) written now, {summary['already']} before, {summary['missing']} "

@@ -58,7 +58,8 @@ COMMANDS: dict[str, Command] = {
     c.name: c
     for c in [
         Command("config", "print the resolved configuration", _config_define, _config_run),
-        Command("bench", "benchmarks: bench sampler | train | loader | prepare (throughput)", cli_bench.bench_define,
+        Command("bench", "benchmarks: bench sampler | train | loader | prepare | authors (throughput)",
+                cli_bench.bench_define,
                 cli_bench.bench_run, positional=cli_bench.TARGETS, compile_cache=False),
         Command("demo", "run the end-to-end demo on the embedded mini-HRRR", no_flags, _demo_run,
                 default_workdir="demo_output"),

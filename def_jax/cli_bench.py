@@ -26,12 +26,13 @@ def bench_define(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("lead_steps", 2, "sampler --eps=unet: forecast steps of the timed rollout.", flag_values=fv,
                          lower_bound=1)
     flags.DEFINE_integer("net_width", 64, "sampler: hidden width of the conv ε network.", flag_values=fv, lower_bound=1)
-    flags.DEFINE_integer("repeats", 3, "sampler: timed runs (the median is reported).", flag_values=fv, lower_bound=1)
+    flags.DEFINE_integer("repeats", 3, "sampler, authors: timed runs (the median is reported).", flag_values=fv,
+                         lower_bound=1)
     # train
     flags.DEFINE_enum("model", "both", ["forecaster", "diffusion", "both"], "train: which network's update to time: "
                       "G_φ, ε_θ or both.", flag_values=fv)
-    flags.DEFINE_integer("steps", 20, "train: timed updates per model (the median is reported).", flag_values=fv,
-                         lower_bound=1)
+    flags.DEFINE_integer("steps", 20, "train, authors: timed updates per model (the median is reported).",
+                         flag_values=fv, lower_bound=1)
     # loader
     flags.DEFINE_string("store", None, "loader, train: the Zarr store (default: config.data.store).", flag_values=fv)
     flags.DEFINE_integer("batches", 20, "loader: timed batches.", flag_values=fv, lower_bound=1)
@@ -40,6 +41,13 @@ def bench_define(fv: flags.FlagValues) -> None:
     # prepare
     flags.DEFINE_multi_string("src", None, "prepare: GRIB2 files/globs/directories (default: the synth output "
                               "directory of the config).", flag_values=fv)
+    # authors
+    flags.DEFINE_list("sizes", ["demo", "large"], "authors: sizes to compare (demo: 64x64, width 16, B = 4; large: "
+                      "128x128, width 64, B = 2).", flag_values=fv)
+    flags.DEFINE_list("cores", None, "authors: CPU cores both stacks are pinned to, e.g. 0 or 0,1 (default: all of "
+                      "this process's); one thread per core.", flag_values=fv)
+    flags.DEFINE_string("torch_python", None, "authors: Python of the torch + diffusers environment (default: "
+                        ".venv-authors/bin/python; experiments/benchmarks/authors_stack/README.md).", flag_values=fv)
     flags.DEFINE_string("out", None, "JSON result file (default: WORKDIR/bench_TARGET.json).", flag_values=fv)
 
 
@@ -102,7 +110,22 @@ def _prepare(cfg, fv) -> tuple[dict, str]:
     return result, bench_prepare.format_table(result)
 
 
-_RUNS = {"sampler": _sampler, "train": _train, "loader": _loader, "prepare": _prepare}
+def _authors(cfg, fv) -> tuple[dict, str]:
+    import os
+
+    from def_jax.bench import authors as bench_authors
+
+    try:
+        cores = [int(c) for c in fv.cores] if fv.cores else sorted(os.sched_getaffinity(0))
+    except ValueError as e:
+        raise UserError(f"--cores {','.join(fv.cores)}: expected core numbers, e.g. 0 or 0,1") from e
+    result = bench_authors.run_authors_bench(
+        cfg, sizes=fv.sizes, cores=cores, torch_python=fv.torch_python, steps=int(cfg.sampler.steps),
+        guidance_scale=float(cfg.ensemble.guidance_scale), repeats=fv.repeats, updates=fv.steps)
+    return result, bench_authors.format_table(result)
+
+
+_RUNS = {"sampler": _sampler, "train": _train, "loader": _loader, "prepare": _prepare, "authors": _authors}
 TARGETS = tuple(_RUNS)  # the positional argument of `def-jax bench`
 
 

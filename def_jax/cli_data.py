@@ -125,7 +125,7 @@ def prepare_run(inv: Invocation) -> int:
             raise UserError("give either --src (GRIB) or --from-xarray, not both")
         prepare_from_xarray(_value(fv, "from-xarray"), out, catalogue, var_map=parse_var_map(_value(fv, "var-map")),
                             region=region, dt_hours=dt, chunks=_chunks(_value(fv, "chunks")),
-                            compression=_value(fv, "compression"))
+                            compression=_value(fv, "compression"), workers=_value(fv, "workers", os.cpu_count() or 1))
         return 0
     from data_prep.prepare import PrepareOptions, prepare
 

@@ -67,6 +67,23 @@ def test_era5_like_netcdf_into_the_store(tmp_path, dataset):
     assert again["written"] == 0 and again["already"] == 8
 
 
+def test_workers_and_several_files_write_the_same_store(tmp_path, dataset):
+    """Two worker processes over blocks of 3 times, from the dataset split into two netCDF files (a glob), give the
+    store one process writes from the single file; the statics come from the first file, not concatenated."""
+    ds, path = dataset
+    for k, times in enumerate((slice(0, 5), slice(5, None))):
+        ds.isel(time=times).to_netcdf(tmp_path / f"part{k}.nc")
+    one, two = tmp_path / "one.zarr", tmp_path / "two.zarr"
+    cat = load_catalogue("era5_paper")
+    prepare_from_xarray(str(path), one, cat, dt_hours=6, progress=False, log=lambda m: None)
+    summary = prepare_from_xarray(str(tmp_path / "part*.nc"), two, cat, dt_hours=6, block=3, workers=2,
+                                  progress=False, log=lambda m: None)
+    assert summary == {"written": 8, "already": 0, "missing": 1, "failed": 0, "slots": 9}
+    a, b = schema.open_store(one), schema.open_store(two)
+    for name in ("z", "t", "q", "u", "v", "t2m", "u10", "v10", "tisr", "orog", "lsm", schema.STATUS):
+        np.testing.assert_array_equal(b[name].values, a[name].values, err_msg=name)
+
+
 def test_region_and_errors(tmp_path, dataset):
     _, path = dataset
     out = tmp_path / "crop.zarr"

@@ -19,6 +19,7 @@ Levels are matched by value with one rule everywhere (:func:`match_level`): the 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import os
@@ -28,6 +29,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.core.sync import sync as zarr_sync
 
 from def_jax.catalogue import Catalogue, Variable
 from def_jax.data import normalization as norm
@@ -208,20 +210,25 @@ def region_slices(region: Optional[Region], grid_shape: tuple[int, int]) -> tupl
 
 def read_fields(arrays: Any, fields: Sequence[Field], t_sl: slice, y_sl: slice, x_sl: slice) -> np.ndarray:
     """Channels of ``fields`` at times ``t_sl`` on the region from ``arrays[name]`` (zarr arrays, (time, [level,] y,
-    x)): [T, h, w, C] float32."""
+    x)): [T, h, w, C] float32. The variables are read concurrently (zarr's asynchronous reads on its own event loop,
+    as its synchronous API runs them), so that their chunks decompress together."""
     n_t = len(range(*t_sl.indices(10**12)))
     shape = (n_t, y_sl.stop - y_sl.start, x_sl.stop - x_sl.start)
     out = np.empty(shape + (sum(len(f.channels) for f in fields),), np.float32)  # [T, h, w, C]
+    selections = [(t_sl, y_sl, x_sl) if f.level_index is None else (t_sl, slice(None), y_sl, x_sl) for f in fields]
+    blocks = zarr_sync(_read_all([arrays[f.name].async_array for f in fields], selections))
     c = 0
-    for f in fields:
-        arr = arrays[f.name]
+    for f, block in zip(fields, blocks):
         if f.level_index is None:
-            out[..., c] = arr[t_sl, y_sl, x_sl]  # [T, h, w]
-        else:
-            block = arr[t_sl, :, y_sl, x_sl]  # [T, L_store, h, w]
+            out[..., c] = block  # [T, h, w]
+        else:  # block [T, L_store, h, w]
             out[..., c:c + len(f.channels)] = np.moveaxis(block[:, list(f.level_index)], 1, -1)  # [T, h, w, L]
         c += len(f.channels)
     return out
+
+
+async def _read_all(arrays: Sequence[Any], selections: Sequence[tuple]) -> list[np.ndarray]:
+    return await asyncio.gather(*(arr.getitem(sel) for arr, sel in zip(arrays, selections)))
 
 
 class _Handles:

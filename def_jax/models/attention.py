@@ -83,7 +83,9 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, queries: int 
 
     def block(qi):  # [B, h, qc, d] → [B, h, qc, d]
         s = jnp.einsum("bhqd,bhkd->bhqk", qi, kt)  # [B, h, qc, N]
-        e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+        # the shift by the row maximum leaves the softmax unchanged, so no gradient flows through it (exact, and it
+        # spares the backward pass the maximum's selection mask)
+        e = jnp.exp(s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))
         return jnp.einsum("bhqk,bhkd->bhqd", e, vt) / jnp.sum(e, axis=-1, keepdims=True)
 
     if nq <= BLOCKED_UNROLL:  # unrolled: faster on XLA:CPU, and XLA's cost analysis counts every block

@@ -6,7 +6,7 @@ Standalone (no def_jax import): run it with the separate venv of ``requirements.
     .venv-authors/bin/python experiments/benchmarks/authors_stack/bench_diffusers.py \
         --ny 64 --nx 64 --state-channels 73 --condition-channels 73 --base-channels 32 --channel-mults 1,2,4 \
         --num-res-blocks 2 --attention-levels 2 --members 4 --steps 10 --guidance-scale 0.5 --repeats 3 \
-        --threads 2 --json bench_results/authors_vs_defjax/diffusers.json
+        --threads 2 --json bench_results/diffusers.json
 
 One reverse diffusion of B ensemble members with classifier-free guidance, as the DEF authors' sampling loop does it:
 the condition and the null condition (zeros) are stacked along the batch, [c; ∅], the noisy state is duplicated,
@@ -67,6 +67,16 @@ def _plain(config) -> dict:
     return out
 
 
+def _timed(fn, n: int):
+    """Call ``fn`` n times; the wall seconds of each call and the last result."""
+    times, out = [], None
+    for _ in range(n):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ny", type=int, default=64, help="grid height (padded up to a multiple of 2^(levels-1))")
@@ -85,6 +95,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--guidance-scale", type=float, default=0.5, help="λ of classifier-free guidance")
     p.add_argument("--repeats", type=int, default=3, help="R: timed runs after one warm-up (median reported)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave torch's default)")
+    p.add_argument("--train-steps", type=int, default=0,
+                   help="instead of sampling: time this many AdamW updates of the U-Net on --members samples "
+                        "(in channels Cc + C, out C; MSE to a fixed random target; the median is reported)")
+    p.add_argument("--no-time", action="store_true",
+                   help="--train-steps: the network has no step input (def-jax's G_φ): timestep 0 is passed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=str, default=None, help="write the result here")
     args = p.parse_args(argv)
@@ -159,6 +174,8 @@ def main(argv=None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.train_steps > 0:
+        return train_main(args, argv)
 
     B, S, C, Cc = args.members, args.steps, args.state_channels, args.condition_channels
     multiple = 2 ** (len(args.channel_mults) - 1)
@@ -207,11 +224,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         x0 = reverse_diffusion()  # warm-up
         warmup_s = time.perf_counter() - t0
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            x0 = reverse_diffusion()
-            times.append(time.perf_counter() - t0)
+        times, x0 = _timed(reverse_diffusion, args.repeats)
         run_s = statistics.median(times)
         finite = bool(torch.isfinite(x0).all())
 
@@ -219,11 +232,7 @@ def main(argv=None) -> int:
         x2 = torch.cat([x_T, x_T])
         t_mid = scheduler.timesteps[len(scheduler.timesteps) // 2].reshape(1)
         eps_batched(x2, t_mid)
-        ftimes = []
-        for _ in range(max(args.repeats, 3)):
-            t0 = time.perf_counter()
-            eps_batched(x2, t_mid)
-            ftimes.append(time.perf_counter() - t0)
+        ftimes, _ = _timed(lambda: eps_batched(x2, t_mid), max(args.repeats, 3))
         forward_s = statistics.median(ftimes)
 
     calls = S  # DPM-Solver++ 2M: one network call per step
@@ -314,6 +323,69 @@ def main(argv=None) -> int:
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}")
     return 0 if finite else 1
+
+
+def train_main(args, argv) -> int:
+    """``--train-steps N``: N AdamW updates (torch.optim.AdamW, lr 1e-4, weight decay 0.01) of the U-Net on one batch
+    of B = --members random samples, loss = mean((UNet(x, t) − target)²); the median update time after one warm-up."""
+    import diffusers
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    B, C, Cc = args.members, args.state_channels, args.condition_channels
+    multiple = 2 ** (len(args.channel_mults) - 1)
+    ny_p, nx_p = math.ceil(args.ny / multiple) * multiple, math.ceil(args.nx / multiple) * multiple
+    model, arch = build_unet(args, Cc + C, C, (ny_p, nx_p))
+    model = model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    inputs = torch.randn(B, Cc + C, args.ny, args.nx, generator=gen)
+    target = torch.randn(B, C, args.ny, args.nx, generator=gen)
+    t = torch.zeros(B, dtype=torch.long) if args.no_time else torch.randint(1, 1001, (B,), generator=gen)
+    pad = (0, nx_p - args.nx, 0, ny_p - args.ny)
+
+    def update() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        x = F.pad(inputs, pad, mode="replicate") if any(pad) else inputs
+        pred = model(x, t, return_dict=False)[0][:, :, : args.ny, : args.nx]
+        loss = torch.mean((pred - target) ** 2)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    counter = FlopCounterMode(display=False)
+    with counter:  # forward + backward (the optimizer's elementwise work is not counted)
+        update()
+    flops = int(counter.get_total_flops())
+    load_before = os.getloadavg()
+    times, loss = _timed(update, args.train_steps)
+    update_s = statistics.median(times)
+    loss = float(loss.detach())
+    result = {
+        "stack": "pytorch+diffusers", "model": "diffusers.UNet2DModel", "mode": "train",
+        "optimizer": "torch.optim.AdamW(lr=1e-4, weight_decay=0.01)", "grid": [args.ny, args.nx],
+        "in_channels": Cc + C, "out_channels": C, "time_input": not args.no_time, "architecture": arch,
+        "parameters": n_params, "batch": B, "update_times_s": times, "update_s": update_s,
+        "updates_per_s": 1.0 / update_s, "samples_per_s": B / update_s, "flops_per_update": flops,
+        "flop_counter": "FlopCounterMode over forward + backward (conv/mm/bmm/addmm/sdpa only)",
+        "gflops_per_s": flops / update_s / 1e9, "loss": loss, "threads": torch.get_num_threads(),
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+        "machine": {"cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+                    "loadavg_1min": [load_before[0], os.getloadavg()[0]]},
+        "command": " ".join([Path(sys.argv[0]).name] + (sys.argv[1:] if argv is None else list(argv))),
+    }
+    print(f"UNet2DModel widths {arch['widths']}, {n_params / 1e6:.2f} M params, batch {B} × {Cc + C}×{args.ny}×"
+          f"{args.nx} → {C}: AdamW update {1e3 * update_s:.1f} ms (median of {args.train_steps}), "
+          f"{B / update_s:.2f} samples/s, {flops / 1e9:.3f} GFLOP → {result['gflops_per_s']:.1f} GFLOP/s, "
+          f"{torch.get_num_threads()} thread(s), loss {loss:.4f}")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0 if math.isfinite(loss) else 1
 
 
 if __name__ == "__main__":
