@@ -31,11 +31,11 @@ $(STAMP): requirements.lock setup.cfg pyproject.toml
 	$(PIP) install --no-deps -e .
 	@touch $@
 
-# Resolve setup.cfg's pins (and the test extra) afresh in a scratch venv and freeze the full set.
+# Resolve setup.cfg's pins (and the test and worlds extras) afresh in a scratch venv and freeze the full set.
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet --upgrade pip==26.3
-	.venv-lock/bin/python -m pip install --quiet -e '.[test]'
+	.venv-lock/bin/python -m pip install --quiet -e '.[test,worlds]'
 	.venv-lock/bin/python -m pip freeze --exclude-editable --exclude def-jax > requirements.lock
 	rm -rf .venv-lock
 	@echo "requirements.lock: $$(wc -l < requirements.lock) pinned packages"

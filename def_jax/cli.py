@@ -63,7 +63,8 @@ COMMANDS: dict[str, Command] = {
                 cli_bench.bench_run, positional=cli_bench.TARGETS, compile_cache=False),
         Command("demo", "run the end-to-end demo on the embedded mini-HRRR", no_flags, _demo_run,
                 default_workdir="demo_output"),
-        Command("synth", "write the embedded mini-HRRR as GRIB2 files", cli_data.synth_define, cli_data.synth_run),
+        Command("synth", "write an embedded world: the mini-HRRR as GRIB2 (default) or a Held-Suarez atmosphere as "
+                "netCDF", cli_data.synth_define, cli_data.synth_run),
         Command("prepare", "HRRR GRIB2 (or any xarray dataset) -> Zarr store", cli_data.prepare_define,
                 cli_data.prepare_run),
         Command("stats", "normalization statistics of the training period", cli_data.stats_define,

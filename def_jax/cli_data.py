@@ -40,10 +40,21 @@ def _catalogue(cfg, fv: flags.FlagValues):
 # --- synth ---------------------------------------------------------------------------------------------------------
 
 
+# Flags that only one world reads; giving one to the other world is an error rather than silently ignored.
+MINI_HRRR_ONLY = ("hours", "ny", "nx", "stride", "catalogue")
+HELD_SUAREZ_ONLY = ("days", "spinup-days", "truncation", "levels", "pressure-levels", "twin")
+HELD_SUAREZ_START = "2000-01-01T00"
+
+
 def synth_define(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("out", None, "Output directory (NOAA layout below it). Default: <dir of data.store>/grib.",
+    flags.DEFINE_enum("world", "mini-hrrr", ["mini-hrrr", "held-suarez"], "mini-hrrr: the embedded mini-HRRR as "
+                      "GRIB2; held-suarez: a global dry atmosphere from the dinosaur dynamical core with Held-Suarez "
+                      "(1994) forcing, as netCDF on the 5.625 deg grid (needs def-jax[worlds]).", flag_values=fv)
+    flags.DEFINE_string("out", None, "Output directory (NOAA layout below it). Default: <dir of data.store>/grib. "
+                        "held-suarez: the netCDF file (default: <dir of data.store>/held_suarez.nc).",
                         flag_values=fv)
-    flags.DEFINE_string("start", None, "First valid time, e.g. 2024-06-01T00 (default: data.synth.start).",
+    flags.DEFINE_string("start", None, "First valid time, e.g. 2024-06-01T00 (default: data.synth.start; "
+                        f"held-suarez: the label of the first sample after spin-up, default {HELD_SUAREZ_START}).",
                         flag_values=fv)
     flags.DEFINE_integer("hours", None, "Hours to simulate (default: data.synth.hours).", flag_values=fv)
     flags.DEFINE_integer("ny", None, "Rows of the window (default: data.grid_shape).", flag_values=fv)
@@ -52,12 +63,51 @@ def synth_define(fv: flags.FlagValues) -> None:
                          "that stride (default: data.synth.stride, 0 = 1).", flag_values=fv)
     flags.DEFINE_integer("seed", None, "Random seed (default: data.synth.seed).", flag_values=fv)
     _define_catalogue(fv)
+    flags.DEFINE_integer("days", 30, "held-suarez: days saved after the spin-up (every 6 h).", flag_values=fv)
+    flags.DEFINE_integer("spinup-days", 200, "held-suarez: days simulated and discarded first.", flag_values=fv)
+    flags.DEFINE_enum("truncation", "T42", ["T21", "T31", "T42", "T85"], "held-suarez: spectral truncation.",
+                      flag_values=fv)
+    flags.DEFINE_integer("levels", 10, "held-suarez: equally spaced sigma levels of the model.", flag_values=fv)
+    flags.DEFINE_list("pressure-levels", None, "held-suarez: output pressure levels in hPa (default: WeatherBench's "
+                      "13, 50 … 1000).", flag_values=fv)
+    flags.DEFINE_bool("twin", False, "held-suarez: also run a twin perturbed by 1e-3 K and report its error growth "
+                      "(doubles the cost of the saved period).", flag_values=fv)
+
+
+def _synth_held_suarez(inv: Invocation) -> int:
+    cfg, fv = inv.config, inv.flags
+    wrong = [f"--{name}" for name in MINI_HRRR_ONLY if fv[name].present]
+    if wrong:
+        raise UserError(f"{', '.join(wrong)}: mini-HRRR flag(s), not used by --world=held-suarez (see --days, "
+                        "--spinup-days, --truncation, --levels)")
+    try:
+        from data_prep.heldsuarez import WEATHERBENCH_LEVELS, synth_held_suarez
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] != "dinosaur":
+            raise
+        raise UserError("--world=held-suarez needs the dinosaur dynamical core: pip install -e '.[worlds]'") from None
+    text = _value(fv, "pressure-levels")
+    try:
+        levels = tuple(float(p) for p in text) if text else WEATHERBENCH_LEVELS
+    except ValueError:
+        raise UserError(f"--pressure-levels {','.join(text)}: expected hPa values such as 250,500,850") from None
+    out = Path(_value(fv, "out", Path(cfg.data.store).parent / "held_suarez.nc"))
+    synth_held_suarez(out, seed=_value(fv, "seed", cfg.data.synth.seed), days=fv["days"].value,
+                      spinup_days=fv["spinup-days"].value, truncation=fv["truncation"].value,
+                      sigma_levels=fv["levels"].value, pressure_levels=levels,
+                      start=_value(fv, "start", HELD_SUAREZ_START), twin=fv["twin"].value)
+    return 0
 
 
 def synth_run(inv: Invocation) -> int:
+    cfg, fv = inv.config, inv.flags
+    if fv["world"].value == "held-suarez":
+        return _synth_held_suarez(inv)
+    wrong = [f"--{name}" for name in HELD_SUAREZ_ONLY if fv[name].present]
+    if wrong:
+        raise UserError(f"{', '.join(wrong)}: held-suarez flag(s); add --world=held-suarez")
     from data_prep.synth import synth
 
-    cfg, fv = inv.config, inv.flags
     s = cfg.data.synth
     stride = _value(fv, "stride", s.stride or 1)
     ny, nx = _value(fv, "ny"), _value(fv, "nx")
