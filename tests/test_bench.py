@@ -22,19 +22,21 @@ def tiny(store="unused.zarr"):
     return get_config(store)
 
 
-@pytest.mark.parametrize("network", ["denoiser", "forecaster"])
-def test_update_bench_trains_the_network(network):
-    """Four AdamW updates on one batch lower the loss (the updates do real work); the input channels are those the
-    torch side is given for the same network."""
+def test_update_bench_trains_the_network():
+    """Four AdamW updates of ε_θ on one batch lower the loss (the updates do real work); the input channels are those
+    the torch side is given for the same network, and G_φ's stand-in gets G_φ's inputs."""
     cfg = tiny()
-    r = run_update_bench(cfg, network, batch=2, height=16, width=16, steps=4, matmul_reference=False,
+    r = run_update_bench(cfg, "denoiser", batch=2, height=16, width=16, steps=4, matmul_reference=False,
                          log=lambda m: None)
     assert np.isfinite(r["loss"]) and r["loss"] < r["first_loss"]
     assert r["flops_per_update"] > 0 and r["update_s"] > 0 and len(r["update_times_s"]) == 4
-    args = authors.torch_arguments(cfg, "demo", network)
-    value = {name: int(args[args.index(name) + 1]) for name in ("--state-channels", "--condition-channels")}
-    assert value["--state-channels"] == r["out_channels"] == config_channels(cfg).state
-    assert value["--state-channels"] + value["--condition-channels"] == r["in_channels"]
+    channels = config_channels(cfg)
+    for network, in_channels in (("denoiser", r["in_channels"]),
+                                 ("forecaster", channels.forecaster_inputs(int(cfg.data.history)))):
+        args = authors.torch_arguments(cfg, "demo", network)
+        value = {name: int(args[args.index(name) + 1]) for name in ("--state-channels", "--condition-channels")}
+        assert value["--state-channels"] == r["out_channels"] == channels.state
+        assert value["--state-channels"] + value["--condition-channels"] == in_channels, network
 
 
 def test_matched_config_and_torch_arguments():
