@@ -10,7 +10,9 @@ Variants:
                    batch 1 on crops, 50 members.
   hrrr_production  seed 2 phase 2: multi-GPU, a year of data, width 256, 1000-step ancestral sampling, 50 members.
   era5_paper       the DEF authors' ERA5 5.625° setting: 32×64, 6 h, linear schedule, DPM-Solver++ 2M 10 steps,
-                   32 members, K=3 (sweep 1/3/7), λ=0.5, per-sample normalization.
+                   32 members, K=3 (sweep 1/3/7), λ=0.5 (global normalization; the authors' per-sample one optional).
+  heldsuarez       the era5_paper setting on the Held–Suarez world of `synth --world=held-suarez`, sized for a
+                   2-core CPU: width 32, 16 members, K=2, forecasts to 10 days.
 
 Every field is listed here with its meaning; ``def-jax config`` prints the resolved values. Which command consumes a
 section is noted in its comment (docs/CONFIG.md).
@@ -21,9 +23,10 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from def_jax.catalogue import WEATHERBENCH_LEVELS
 from def_jax.diffusion.sampler_configs import DDIM, DPMSolverPP, DPMSolverPPAdaptive, SamplerConfig
 
-VARIANTS = ("demo", "hrrr_expanded", "hrrr_4090", "hrrr_production", "era5_paper")
+VARIANTS = ("demo", "hrrr_expanded", "hrrr_4090", "hrrr_production", "era5_paper", "heldsuarez")
 
 # The 13 HRRR pressure levels of the expanded set (hPa), DEF_METHOD §2.
 HRRR_LEVELS = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000)
@@ -337,6 +340,36 @@ def _era5_paper(c: ml_collections.ConfigDict) -> None:
     c.ensemble.lead_hours = 240
 
 
+def _heldsuarez(c: ml_collections.ConfigDict) -> None:
+    """DEF's published setting (era5_paper: the 5.625° grid, 6 h steps, forecasts to 10 days, cos-latitude area
+    weights) on a real dry atmosphere, sized for a 2-core CPU. The world (docs/DATA.md): ``def-jax synth
+    --world=held-suarez --config=heldsuarez --days=730`` (two years after a 200-day spin-up, T42, labelled from
+    2000-01-01T00; 3 s of one core per model day here), then ``def-jax prepare --config=heldsuarez
+    --from-xarray=data/held_suarez.nc --dt-hours=6`` and ``def-jax stats --config=heldsuarez``."""
+    _era5_paper(c)
+    c.data.store = "data/heldsuarez.zarr"
+    c.data.catalogue = "held_suarez"  # z, t, u, v on the levels below, surface pressure
+    c.data.levels = WEATHERBENCH_LEVELS
+    c.data.statics = ("latitude", "longitude")  # a flat, uniform planet: no orography or land
+    c.data.time_encodings = False  # Held–Suarez forcing has no diurnal or seasonal cycle
+    c.data.workers = 1
+    c.data.train_period = "2000-01-01T00:2001-03-31T18"
+    c.data.val_period = "2001-04-01T00:2001-06-30T18"
+    c.data.test_period = "2001-07-01T00:2001-12-31T18"
+    c.forecaster = _unet(32, (1, 2, 4), attention_levels=(2,))
+    c.forecaster.predict_increment = True
+    c.denoiser = _denoiser(32, (1, 2, 4), attention_levels=(2,))
+    c.training.forecaster.area_weights = True  # cos-latitude weights in G_φ's loss
+    for t in (c.training.forecaster, c.training.diffusion):
+        t.batch_size, t.grad_accum, t.warmup_steps = 16, 1, 200
+        t.eval_every, t.checkpoint_every, t.eval_batches, t.log_every = 500, 500, 8, 100
+    c.training.forecaster.max_steps = 3000
+    c.training.diffusion.max_steps = 4000
+    _def_unconditional(c)
+    c.ensemble.members, c.ensemble.walks = 16, 2
+    c.ensemble.lead_chunk = 40  # the 40 steps of a 10-day forecast in one compiled call
+
+
 def _demo(c: ml_collections.ConfigDict) -> None:
     """The end-to-end demo within ~20 minutes on a 2-core CPU: six weeks of a 32×32 mini-HRRR at 6 km (every second
     HRRR point, 192 km square), U-Nets of width 16 (0.3 GFLOP per denoiser call and sample, measured in docs/BENCHMARKS.md),
@@ -370,6 +403,7 @@ _PRESETS = {
     "hrrr_4090": _hrrr_4090,
     "hrrr_production": _hrrr_production,
     "era5_paper": _era5_paper,
+    "heldsuarez": _heldsuarez,
 }
 
 

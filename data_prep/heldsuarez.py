@@ -46,14 +46,13 @@ import xarray as xr
 from dinosaur import (coordinate_systems, held_suarez, primitive_equations, primitive_equations_states, scales,
                       sigma_coordinates, spherical_harmonic, time_integration, vertical_interpolation, xarray_utils)
 
-from def_jax.catalogue import Catalogue, Variable
+from def_jax.catalogue import WEATHERBENCH_LEVELS, Catalogue, load_catalogue
 from def_jax.errors import UserError
 from def_jax.progress import progress as progress_bar
 
 UNITS = scales.units
 # Model time step (minutes) per truncation: dinosaur's notebook runs T42 at 10 min; coarser grids allow longer steps.
 TIME_STEP_MINUTES = {"T21": 20, "T31": 15, "T42": 10, "T85": 5}
-WEATHERBENCH_LEVELS = (50.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0, 500.0, 600.0, 700.0, 850.0, 925.0, 1000.0)
 LATITUDES = -87.1875 + 5.625 * np.arange(32)  # the paper's 5.625° grid, south to north
 LONGITUDES = 5.625 * np.arange(64)
 P0_HPA, P1_HPA = 1000.0, 50.0  # initial surface pressure and the amplitude of its seeded bump
@@ -220,16 +219,8 @@ def summary_lines(sanity: dict) -> list[str]:
 
 
 def catalogue(pressure_levels: Sequence[float]) -> Catalogue:
-    """The channel catalogue of the written file (ERA5 names and units, as ``era5_paper``), for ``prepare``."""
-    lv = tuple(float(p) for p in pressure_levels)
-    V = Variable
-    return Catalogue("held_suarez", (
-        V("z", "z", "isobaricInhPa", levels=lv, units="m2 s-2", long_name="geopotential"),
-        V("t", "t", "isobaricInhPa", levels=lv, units="K", long_name="temperature", min=0.0),
-        V("u", "u", "isobaricInhPa", levels=lv, units="m s-1", long_name="u wind"),
-        V("v", "v", "isobaricInhPa", levels=lv, units="m s-1", long_name="v wind"),
-        V("sp", "sp", "surface", units="Pa", long_name="surface pressure", min=0.0),
-    ))
+    """The channel catalogue of the written file: the built-in ``held_suarez`` on these levels, for ``prepare``."""
+    return load_catalogue("held_suarez", pressure_levels)
 
 
 def to_dataset(fields: dict[str, np.ndarray], times: np.ndarray, levels: Sequence[float], attrs: dict) -> xr.Dataset:

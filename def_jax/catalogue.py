@@ -4,8 +4,9 @@ Preprocessing (which GRIB messages to read, how the synthetic mini-HRRR encodes 
 schema (variable names, units, levels), the input pipeline (which channels are state, forcing or static), the models
 (channel counts) and the forecast output (units, physical constraints) all read it from here.
 
-A catalogue is a list of :class:`Variable`. Built in: ``hrrr_expanded`` (seed 1's expanded HRRR set) and
-``era5_paper`` (pressure-level ERA5 for ``prepare --from-xarray``). A user catalogue is a YAML or JSON file::
+A catalogue is a list of :class:`Variable`. Built in: ``hrrr_expanded`` (seed 1's expanded HRRR set),
+``era5_paper`` (pressure-level ERA5 for ``prepare --from-xarray``) and ``held_suarez`` (the dinosaur world of
+``synth --world=held-suarez``). A user catalogue is a YAML or JSON file::
 
     {"variables": [{"name": "t", "shortName": "t", "typeOfLevel": "isobaricInhPa", "levels": [500, 850],
                     "units": "K", "role": "state"},
@@ -273,13 +274,17 @@ def _hrrr_expanded(levels: Iterable[float] = HRRR_LEVELS) -> Catalogue:
     ))
 
 
+# WeatherBench's 13 pressure levels (hPa)
+WEATHERBENCH_LEVELS = (50.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0, 500.0, 600.0, 700.0, 850.0, 925.0, 1000.0)
+
+
 def _era5_paper() -> Catalogue:
     """Pressure-level ERA5 at WeatherBench's 13 levels plus near-surface fields, for ``prepare --from-xarray``.
 
     The DEF authors' exact 85-channel list is not part of DEF_METHOD; this is WeatherBench's standard 5.625° set
     (5 × 13 + 3 state channels, top-of-atmosphere insolation as forcing, orography and land-sea mask as statics).
     """
-    lv = (50.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0, 500.0, 600.0, 700.0, 850.0, 925.0, 1000.0)
+    lv = WEATHERBENCH_LEVELS
     V = Variable
     return Catalogue("era5_paper", (
         V("z", "z", "isobaricInhPa", levels=lv, units="m2 s-2", long_name="geopotential"),
@@ -297,15 +302,30 @@ def _era5_paper() -> Catalogue:
     ))
 
 
-BUILTIN = {"hrrr_expanded": _hrrr_expanded, "era5_paper": _era5_paper}
+def _held_suarez(levels: Iterable[float] = WEATHERBENCH_LEVELS) -> Catalogue:
+    """The dry Held–Suarez world of ``def-jax synth --world=held-suarez`` (:mod:`data_prep.heldsuarez`): geopotential,
+    temperature and wind on pressure levels and surface pressure, ERA5 names and units; no forcings or statics."""
+    lv = tuple(float(p) for p in levels)
+    V = Variable
+    return Catalogue("held_suarez", (
+        V("z", "z", "isobaricInhPa", levels=lv, units="m2 s-2", long_name="geopotential"),
+        V("t", "t", "isobaricInhPa", levels=lv, units="K", long_name="temperature", min=0.0),
+        V("u", "u", "isobaricInhPa", levels=lv, units="m s-1", long_name="u wind"),
+        V("v", "v", "isobaricInhPa", levels=lv, units="m s-1", long_name="v wind"),
+        V("sp", "sp", "surface", units="Pa", long_name="surface pressure", min=0.0),
+    ))
+
+
+BUILTIN = {"hrrr_expanded": _hrrr_expanded, "era5_paper": _era5_paper, "held_suarez": _held_suarez}
+LEVELLED = ("hrrr_expanded", "held_suarez")  # built-ins whose pressure levels ``levels`` sets
 
 
 def load_catalogue(name_or_path: str, levels: Optional[Iterable[float]] = None) -> Catalogue:
-    """A built-in catalogue by name (``levels`` overrides the pressure levels of ``hrrr_expanded``), or a YAML/JSON
-    file. Errors name the file or the entry and what was expected."""
+    """A built-in catalogue by name (``levels`` sets the pressure levels of ``hrrr_expanded`` and ``held_suarez``), or
+    a YAML/JSON file. Errors name the file or the entry and what was expected."""
     if name_or_path in BUILTIN:
-        if name_or_path == "hrrr_expanded" and levels is not None:
-            return _hrrr_expanded(levels)
+        if name_or_path in LEVELLED and levels is not None:
+            return BUILTIN[name_or_path](levels)
         return BUILTIN[name_or_path]()
     path = Path(name_or_path)
     if not path.exists():

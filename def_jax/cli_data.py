@@ -81,7 +81,8 @@ def _synth_held_suarez(inv: Invocation) -> int:
         raise UserError(f"{', '.join(wrong)}: mini-HRRR flag(s), not used by --world=held-suarez (see --days, "
                         "--spinup-days, --truncation, --levels)")
     try:
-        from data_prep.heldsuarez import WEATHERBENCH_LEVELS, synth_held_suarez
+        from data_prep.heldsuarez import synth_held_suarez
+        from def_jax.catalogue import WEATHERBENCH_LEVELS
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] != "dinosaur":
             raise

@@ -107,7 +107,8 @@ def test_bench_sampler_with_the_unet_rollout(capsys, tmp_path):
     assert r["mode"] == "def"
 
 
-@pytest.mark.parametrize("preset", ["demo", "hrrr_expanded", "hrrr_4090", "hrrr_production", "era5_paper"])
+@pytest.mark.parametrize("preset", ["demo", "hrrr_expanded", "hrrr_4090", "hrrr_production", "era5_paper",
+                                    "heldsuarez"])
 def test_every_preset_forecasts_as_far_as_its_store(capsys, tmp_path, preset):
     """Each preset's settings pass every check of forecast: what stops it here is only that its store is absent."""
     code, _, err = run_cli(capsys, "forecast", f"--config={preset}", f"--workdir={tmp_path}",

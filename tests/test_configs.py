@@ -21,6 +21,7 @@ def test_every_preset_validates(variant):
         ("hrrr_expanded", 128, 10, 16, 8, 0.1),
         ("hrrr_production", 256, 999, 50, 1, 1.0),
         ("era5_paper", 256, 10, 32, 3, 0.5),
+        ("heldsuarez", 32, 10, 16, 2, 0.5),
     ],
 )
 def test_preset_table(variant, base, steps, members, walks, guidance):

@@ -12,6 +12,7 @@ import xarray as xr
 from data_prep import heldsuarez
 from def_jax import cli
 from def_jax.data import schema
+from def_jax.errors import UserError
 
 LEVELS = (250.0, 500.0, 850.0)
 TINY = dict(days=2, spinup_days=1, truncation="T21", sigma_levels=6, pressure_levels=LEVELS, progress=False,
@@ -66,6 +67,14 @@ def test_the_world_is_written_in_era5_names_and_ingested_by_prepare(capsys, tmp_
     assert 150 < values["t"].min() and values["t"].max() < 350
     assert 0.9e5 < values["sp"].min() and values["sp"].max() < 1.1e5
     assert np.abs(values["u"]).max() < 100 and np.abs(values["v"]).max() < 100
+    # the cells' areas on the sphere: cos φ, mean 1 (a float64 reference), picked by default on a lat-lon grid
+    from def_jax.data.store import StoreReader
+
+    w = StoreReader(store).area_weights()
+    expected = np.broadcast_to(np.cos(np.radians(lat))[:, None], (32, 64))
+    np.testing.assert_allclose(w, expected / expected.mean(), rtol=1e-6)
+    with pytest.raises(UserError, match="map_factor needs a Lambert conformal grid"):
+        StoreReader(store).area_weights("map_factor")
     z500 = values["z"][:, 1] / 9.80665  # geopotential height of 500 hPa, m
     assert 4500 < z500.min() and z500.max() < 6500
     assert np.all(values["z"][:, 0] > values["z"][:, 1]) and np.all(values["z"][:, 1] > values["z"][:, 2])

@@ -391,3 +391,45 @@ def test_several_evaluation_folders_are_overlaid(tmp_path, capsys):
         "crps_z500.png", "rank_histogram_z500.png", "spread_skill_z500.png"]
     assert cli.main(["plot", f"--workdir={tmp_path}", "--evaluation=,", f"--truth={store}"]) == 2
     assert "--evaluation=,: expected a directory" in capsys.readouterr().err
+
+
+def test_latlon_grid_maps_and_zonal_means(tmp_path):
+    """A global 5.625° grid: longitudes 0 … 354.4 stay contiguous (no cell spans the date line), and the zonal-mean
+    figure's lines are the float64 means over longitude."""
+    from def_jax.evaluation.plots import maps
+    from def_jax.evaluation.plots.common import VariableMeta, save_figure
+    from def_jax.evaluation.plots.zonal import zonal_figure, zonal_means
+
+    lat1, lon1 = -87.1875 + 5.625 * np.arange(32), 5.625 * np.arange(64)
+    lon2, lat2 = np.meshgrid(lon1, lat1)
+    ds = xr.Dataset({"z": (("y", "x"), np.zeros((32, 64)), {"units": "m2 s-2"})},
+                    coords={"latitude": (("y", "x"), lat2), "longitude": (("y", "x"), lon2),
+                            "init_time": ("init_time", [INIT])})
+    assert maps.is_latlon(ds)
+    lon = maps.plot_longitudes(lon2)
+    assert np.all(np.diff(lon, axis=1) > 0) and lon.max() - lon.min() == pytest.approx(354.375)
+    hrrr_like = np.array([[230.0, 250.0, 270.0], [231.0, 251.0, 271.0]])  # 0…360 longitudes of a regional grid
+    np.testing.assert_allclose(maps.plot_longitudes(hrrr_like), hrrr_like - 360.0)
+    across = np.array([[170.0, 179.0, -172.0, -163.0]])  # a grid across the date line stays contiguous
+    np.testing.assert_allclose(maps.plot_longitudes(across), [[170.0, 179.0, 188.0, 197.0]])
+    assert not maps.is_latlon(ds.assign_coords(latitude=(("y", "x"), lat2 + 0.01 * lon2)))
+
+    rng = np.random.default_rng(0)
+    truth = 5e4 + 1e3 * np.cos(np.radians(lat2)) + rng.normal(size=(32, 64))
+    members = truth + rng.normal(scale=30.0, size=(5, 32, 64))
+    members[0, 3, 7] = np.nan  # a missing point leaves its row's mean over the other 63
+    np.testing.assert_allclose(zonal_means(members)[1:], members[1:].mean(axis=-1))
+    np.testing.assert_allclose(zonal_means(members)[0, 3], np.nanmean(members[0, 3]))
+    fields = {"members": members, "n_members": 5, "mean": np.nanmean(members, axis=0),
+              "std": np.nanstd(members, axis=0), "truth": truth, "truth_note": "", "member_ids": np.arange(5),
+              "valid": INIT}
+    meta = VariableMeta(None, None)
+    fig = zonal_figure(ds, ("z", 500.0), 24, fields, meta)
+    left, right = fig.axes[:2]
+    ens_line = next(line for line in left.lines if line.get_label() == "ensemble mean")
+    np.testing.assert_allclose(ens_line.get_ydata(), fields["mean"].mean(axis=-1))
+    rmse = next(line for line in right.lines if line.get_label() == "RMS error of the ensemble mean")
+    np.testing.assert_allclose(rmse.get_ydata(), np.sqrt(np.mean((fields["mean"] - truth) ** 2, axis=-1)))
+    _check_png(save_figure(fig, tmp_path / "zonal.png"))
+    _check_png(save_figure(maps._map_figure(ds, ("z", 500.0), 24, dict(fields, members=members[:2]), meta),
+                           tmp_path / "map.png"))

@@ -21,7 +21,10 @@ thresholded variable of the tables, e.g. ``refc`` or ``cape``: :func:`event_vari
 - ``reliability_<var>.png``: reliability diagrams per threshold with the points per bin (sharpness) below; bins with
   fewer than 100 points hollow.
 - ``spread_error_<key>.png``: RMSE of the mean against spread in bins of predicted spread (spread_error.csv).
-- ``maps_<key>_<lead>h.png``: truth, ensemble mean, spread, P(REFC ≥ 35 dBZ) and members on the grid (:mod:`.maps`).
+- ``maps_<key>_<lead>h.png``: truth, ensemble mean, spread, P(REFC ≥ 35 dBZ) and members on the grid (:mod:`.maps`);
+  by default of refc and t2m, or where the forecast has neither, of the keys above.
+- ``zonal_<key>_<lead>h.png`` (latitude-longitude grids): zonal means of the truth, the ensemble mean and every
+  member against latitude, and the zonal RMS error of the ensemble mean beside the zonal RMS spread (:mod:`.zonal`).
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ def make_plots(evaluation_dir: Path | Sequence[Path], out_dir: Path, *, forecast
     meta = VariableMeta(forecast, Path(store) if store is not None else None)
     plan = None
     if forecast is not None:  # checked (variables, leads, grid) before anything is drawn
-        plan = MapPlan(forecast, meta.store_path, keys if variables is not None else None, lead_hours, log)
+        plan = MapPlan(forecast, meta.store_path, keys if variables is not None else None, lead_hours, log,
+                       default_keys=keys)
     try:
         return _draw_all(folders, out_dir, ev, keys, variables is None, meta, plan, members_to_show, log)
     finally:

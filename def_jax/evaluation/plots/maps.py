@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from def_jax.data.store import StoreReader, match_level
 from def_jax.errors import UserError
 from def_jax.evaluation.plots.common import LABELS, Key, VariableMeta, key_name, num, open_forecast
+from def_jax.evaluation.plots.zonal import zonal_figure
 from def_jax.forecast.files import forecast_paths
 
 MAP_VARIABLES = ("refc", "t2m")
@@ -49,11 +50,13 @@ class MapPlan:
     """What to map from one forecast file: variables, leads and the truth; checked before anything is drawn."""
 
     def __init__(self, forecast_path: Path, store_path: Optional[Path], keys: Optional[list[Key]],
-                 lead_hours: Sequence[int] | None, log: Callable[[str], None]):
+                 lead_hours: Sequence[int] | None, log: Callable[[str], None],
+                 default_keys: Sequence[Key] = ()):
         self.path = forecast_path
         self.ds = open_forecast(forecast_path)
         try:
-            self.keys = _map_keys(self.ds, keys)
+            # the requested keys; else MAP_VARIABLES, or (a catalogue without them) the tables' default keys
+            self.keys = _map_keys(self.ds, keys) or ([] if keys is not None else _map_keys(self.ds, list(default_keys)))
             leads = [int(v) for v in np.asarray(self.ds["lead_time"].values)]
             self.leads = _map_leads(leads, lead_hours, forecast_path)
             self.truth = _TruthReader(store_path, self.ds) if store_path is not None and self.keys else None
@@ -71,10 +74,14 @@ class MapPlan:
 
 def map_figures(plan: MapPlan, members_to_show: int, meta: VariableMeta) -> Iterator[tuple[Figure, str]]:
     """Map figures of one forecast file, one per variable and lead, with their file names."""
+    latlon = is_latlon(plan.ds)
     for key in plan.keys:
         for lead in plan.leads:
             fields = _map_fields(plan.ds, key, lead, members_to_show, plan.truth)
             yield _map_figure(plan.ds, key, lead, fields, meta), f"maps_{key_name(key)}_{lead}h.png"
+            if latlon:
+                all_members = _map_fields(plan.ds, key, lead, fields["n_members"], plan.truth)
+                yield zonal_figure(plan.ds, key, lead, all_members, meta), f"zonal_{key_name(key)}_{lead}h.png"
 
 
 def _map_keys(ds, keys: Optional[list[Key]]) -> list[Key]:
@@ -192,7 +199,7 @@ def _map_figure(ds, key: Key, lead: int, fields: dict, meta: VariableMeta) -> Fi
     """Panels: truth, ensemble mean, spread, P(REFC ≥ 35 dBZ) for refc, then members."""
     name = key[0]
     units = str(ds[name].attrs.get("units", meta.units(name)))
-    lon = ((np.asarray(ds["longitude"].values, np.float64) + 180.0) % 360.0) - 180.0
+    lon = plot_longitudes(ds["longitude"].values)
     lat = np.asarray(ds["latitude"].values, np.float64)
     corners = (_corners(lon), _corners(lat))
     is_refc = name == "refc"
@@ -258,6 +265,22 @@ def _map_figure(ds, key: Key, lead: int, fields: dict, meta: VariableMeta) -> Fi
     fig.suptitle(f"{meta.title(key)}: init {_time_text(init)}, lead +{lead} h, valid {_time_text(fields['valid'])}",
                  fontsize=11.5)
     return fig
+
+
+def plot_longitudes(lon) -> np.ndarray:
+    """Longitudes [y, x] continuous along each row (no jump at the date line or at 0°/360°, so that a global grid's
+    cells stay contiguous), in −180 … 180 where the grid lies within one such span."""
+    lon = np.degrees(np.unwrap(np.radians(np.asarray(lon, np.float64)), axis=-1))
+    if np.nanmin(lon) >= 180.0:
+        lon = lon - 360.0
+    return lon
+
+
+def is_latlon(ds) -> bool:
+    """Whether the forecast's grid is a regular latitude-longitude one (latitude constant along x, longitude along
+    y): the grids of ``prepare --from-xarray``."""
+    lat, lon = np.asarray(ds["latitude"].values), np.asarray(ds["longitude"].values)
+    return lat.ndim == 2 and bool(np.allclose(lat, lat[:, :1]) and np.allclose(lon, lon[:1, :]))
 
 
 def _aspect(lon: np.ndarray, lat: np.ndarray) -> float:
