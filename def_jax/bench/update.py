@@ -58,14 +58,14 @@ def run_update_bench(cfg: ml_collections.ConfigDict, kind: str, *, batch: int, h
     from flax import nnx
 
     from def_jax.bench.rollout import matmul_gflops
-    from def_jax.models.build import build_denoiser, build_forecaster, config_channels, null_prior
+    from def_jax.models.build import build_denoiser, build_forecaster, config_channels, init_params, null_prior
 
     if kind not in NETWORKS:
         raise ValueError(f"network must be one of {', '.join(NETWORKS)}; got {kind!r}")
     channels = config_channels(cfg)
     build = ((lambda: build_denoiser(cfg, channels, 1, null_prior(cfg, None))) if kind == "denoiser" else
              (lambda: build_forecaster(cfg, channels, 0)))
-    graphdef, params = nnx.split(build())
+    graphdef, params = init_params(build, None)  # initialized in one compiled program, on the default device
     dropout = float(cfg[kind].dropout) > 0
     rng = np.random.default_rng(0)
     inputs, in_channels = _inputs(kind, cfg, channels, batch, height, width, rng)
