@@ -44,7 +44,7 @@ SIZES = {
     "demo": dict(grid=(64, 64), members=4, width=16),
     "large": dict(grid=(128, 128), members=2, width=64),
 }
-NETWORKS = (("denoiser", "denoiser"), ("forecaster", "forecaster"))  # (def-jax network, config section)
+NETWORKS = ("denoiser", "forecaster")  # def-jax networks = their config sections
 
 
 def matched_config(cfg: ml_collections.ConfigDict, size: str, *, steps: int, guidance_scale: float
@@ -106,8 +106,9 @@ def child(cfg_file: str, size: str, steps: int, repeats: int, updates: int, out:
     ny, nx = SIZES[size]["grid"]
     b = SIZES[size]["members"]
     result = {"sample": run_unet_bench(cfg, batch=b, height=ny, width=nx, repeats=repeats, lead_steps=1),
-              "train": {net: run_update_bench(cfg, net, batch=b, height=ny, width=nx, steps=updates)
-                        for net, _ in NETWORKS}}
+              "train": {net: run_update_bench(cfg, net, batch=b, height=ny, width=nx, steps=updates,
+                                              matmul_reference=False)  # the sampler's run measured it
+                        for net in NETWORKS}}
     write_json(result, Path(out))
 
 
@@ -156,9 +157,9 @@ def run_authors_bench(cfg: ml_collections.ConfigDict, *, sizes: Sequence[str], c
                  + ["--steps", str(steps), "--guidance-scale", str(guidance_scale), "--json", str(sample_file)], log)
             torch["sample"] = json.loads(sample_file.read_text())
             torch["train"] = {}
-            for net, section in NETWORKS:
+            for net in NETWORKS:
                 f = Path(tmp, f"{size}_torch_train_{net}.json")
-                _run(pin + [str(python), str(TORCH_SCRIPT)] + torch_arguments(c, size, section) + common
+                _run(pin + [str(python), str(TORCH_SCRIPT)] + torch_arguments(c, size, net) + common
                      + ["--train-steps", str(updates), "--json", str(f)] + (["--no-time"] if net == "forecaster"
                                                                               else []), log)
                 torch["train"][net] = json.loads(f.read_text())
@@ -174,7 +175,7 @@ def ratios(entry: dict[str, Any]) -> dict[str, float]:
     """def-jax ÷ torch throughput: members × steps/s of the sampler, samples/s of each update."""
     jx, th = entry["defjax"], entry["torch"]
     r = {"sample": jx["sample"]["member_steps_per_s"] / th["sample"]["member_steps_per_s"]}
-    for net, _ in NETWORKS:
+    for net in NETWORKS:
         r[f"train_{net}"] = jx["train"][net]["samples_per_s"] / th["train"][net]["samples_per_s"]
     return r
 
@@ -191,7 +192,7 @@ def format_size(size: str, entry: dict[str, Any]) -> str:
              f"{th['sample']['gflop_per_sample_forward']:.3f}", ""),
             ("  achieved GFLOP/s", f"{jx['sample']['achieved_gflops_per_s']:.1f}",
              f"{th['sample']['gflops_per_s']:.1f}", "")]
-    for net, _ in NETWORKS:
+    for net in NETWORKS:
         a, b = jx["train"][net], th["train"][net]
         rows += [(f"{net} AdamW update ms", f"{1e3 * a['update_s']:.1f}", f"{1e3 * b['update_s']:.1f}",
                   f"{r['train_' + net]:.2f}×"),
