@@ -16,16 +16,18 @@ INIT = "2024-06-02T16"
 
 
 def _rss_after_each_chunk(store, workdir, out, lead_hours, members):
-    """A forecast in a fresh process; the process's resident memory (MB) after each chunk of members was written."""
+    """A forecast in a fresh process; the process's resident memory (MB) after each chunk of members was written and
+    the C heap's free pages were returned to the system (glibc's malloc_trim: what is left is memory still held)."""
     code = (
-        "import sys, numpy as np, psutil\n"
+        "import ctypes, sys, numpy as np, psutil\n"
         "sys.path.insert(0, %r)\n"
         "from tiny_config import forecast_config as config\n"
         "from def_jax.forecast import files\n"
         "from def_jax.forecast.run import forecast\n"
-        "rss, write = [], files.NetCDFFile.write_members\n"
+        "rss, write, libc = [], files.NetCDFFile.write_members, ctypes.CDLL('libc.so.6')\n"
         "def measured(self, *a, **k):\n"
         "    write(self, *a, **k)\n"
+        "    libc.malloc_trim(0)\n"
         "    rss.append(psutil.Process().memory_info().rss / 2**20)\n"
         "files.NetCDFFile.write_members = measured\n"
         "cfg = config(%r, members=%d, member_chunk=%d, walks=1, lead_hours=%d, lead_chunk=12,\n"
@@ -43,8 +45,9 @@ def _rss_after_each_chunk(store, workdir, out, lead_hours, members):
 def test_240_hour_rollout_runs_in_bounded_memory(mini_store, trained_workdir, tmp_path):
     """240 steps stream to disk in chunks of 12: memory does not grow with the horizon. Over the second half of the
     forecast (chunks 11–20, once the allocators have warmed up: measured to level off within ~15 chunks) the
-    process's memory grows by far less than those chunks' members (68 MB), which a writer that held them, or netCDF's
-    default chunk cache of 64 MiB per variable, would keep. The store has 60 h, so the forcings for 240 h come from a
+    process's memory grows by less than half of those chunks' members (68 MB), which a writer that held them, or
+    netCDF's default chunk cache of 64 MiB per variable, would keep (measured: 3 MB alone, 21 MB beside another test
+    process, without malloc_trim). The store has 60 h, so the forcings for 240 h come from a
     longer store: the tiny catalogue's store is extended by repeating its times."""
     workdir, _ = trained_workdir
     long_store = extend_store(mini_store, tmp_path / "long.zarr", hours=260)
@@ -53,7 +56,7 @@ def test_240_hour_rollout_runs_in_bounded_memory(mini_store, trained_workdir, tm
     assert ds.sizes["lead_time"] == 240 and np.isfinite(ds.t2m.values).all()
     assert len(rss) == 20
     second_half_bytes = 120 * 8 * 32 * 32 * 18 * 4 / 2**20
-    assert rss[-1] - rss[9] < 0.3 * second_half_bytes, (rss, second_half_bytes)
+    assert rss[-1] - rss[9] < 0.5 * second_half_bytes, (rss, second_half_bytes)
 
 
 def extend_store(store, out, hours):

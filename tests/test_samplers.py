@@ -83,8 +83,17 @@ SOLVERS = [
 ]
 
 
-@pytest.mark.parametrize("kw", SOLVERS, ids=lambda kw: f"{kw['method']}{kw['order']}-{kw['spacing']}")
-def test_dpm_solver_pp_converges_to_exact_endpoint(problem, kw):
+# every solver on the cosine schedule; on the linear one only those whose order the convergence-order tests below
+# do not measure on both schedules (multistep 3, time-quadratic spacing)
+ENDPOINT_CASES = [("cosine", kw) for kw in SOLVERS] + [("linear", kw) for kw in SOLVERS
+                                                      if kw["order"] == 3 and kw["method"] == "multistep"
+                                                      or kw["spacing"] == "time_quadratic"]
+
+
+@pytest.mark.parametrize("schedule, kw", ENDPOINT_CASES,
+                         ids=lambda v: v if isinstance(v, str) else f"{v['method']}{v['order']}-{v['spacing']}")
+def test_dpm_solver_pp_converges_to_exact_endpoint(schedule, kw):
+    problem = Gaussian(make_schedule(schedule))
     x = x_T()
     ref = problem.flow(x, 1.0, 1e-3)
     errs = [max_err(S.dpm_solver_pp(problem.eps_fn, jnp.asarray(x), problem.sched, steps=n, **kw), ref)
