@@ -190,7 +190,8 @@ def _base() -> ml_collections.ConfigDict:
     c.ensemble.breeding_steps = 6  # bred: breeding cycles (one G_φ step each) before the initial time
     c.ensemble.lag_steps = 1  # lagged: member b starts b × lag_steps steps before the initial time
     c.ensemble.lead_hours = 24
-    c.ensemble.corrector = False  # re-standardize after each solver step (per_sample normalization only)
+    # per_sample normalization only: standardize each sample's fields after every DPM-Solver++ update (the authors')
+    c.ensemble.corrector = False
     c.ensemble.include_deterministic = True  # also run the unperturbed G_φ rollout
     # forecast files: netcdf (CF NetCDF-4, written by process 0) | zarr (a Zarr store every process writes its own
     # members and rows into; resumes after a kill at the first unfinished member chunk)
@@ -318,9 +319,9 @@ def _era5_paper(c: ml_collections.ConfigDict) -> None:
     c.data.catalogue = "era5_paper"
     c.data.grid_shape = (32, 64)
     c.data.dt_hours = 6
-    # DEF_METHOD §2: global per-channel statistics are the default; the authors' per-sample standardization (with
-    # ensemble.corrector = True) reproduces their training (--config.data.normalization=per_sample) but cannot
-    # forecast yet: a future state's own statistics are unknown at the initial time
+    # DEF_METHOD §2: global per-channel statistics are the default; the authors' per-sample standardization
+    # (--config.data.normalization=per_sample --config.ensemble.corrector=true) trains and forecasts too, with
+    # physical units from the initial state's spatial statistics (docs/FORECASTS.md)
     c.data.normalization = "global"
     c.data.statics = ("orography", "land_mask", "latitude", "longitude")
     c.data.train_period = "1979-01-01T00:2015-12-31T18"

@@ -78,6 +78,15 @@ def spatial_standardize(x: Any, eps: float = EPS, xp: Any = np) -> tuple[Any, An
     return (x - mean) / std, mean, std
 
 
+def standardize_fields(x: Any) -> Any:
+    """Each field of ``x`` [B, H, W, C] (JAX) standardized over (H, W): mean 0, standard deviation 1 per sample and
+    channel (:func:`spatial_standardize` without its statistics). The per-sample forecasts apply it to every state
+    fed back into G_φ and, with ``ensemble.corrector``, after every solver update (the DEF authors' corrector)."""
+    import jax.numpy as jnp
+
+    return spatial_standardize(x, xp=jnp)[0]
+
+
 def channel_bounds(channels: Sequence[str], catalogue: Catalogue) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper physical bounds [C] of ``channels`` (−inf/+inf where the catalogue gives none)."""
     owner = {c: v for v in catalogue for c in v.channels}

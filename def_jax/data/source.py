@@ -130,8 +130,9 @@ class WindowSource:
             if self.forcing_stats is not None:
                 normalize_inplace(forcings, self.forcing_stats)
         else:
-            states, mean, std = norm.spatial_standardize(states)  # mean/std [k+n, 1, 1, Cs]
-            forcings = norm.spatial_standardize(forcings)[0] if forcings.shape[-1] else forcings
+            # in float64: a float32 mean of a field near 1e5 Pa is off by ~1e-4 of its spread
+            states, mean, std = norm.spatial_standardize(states.astype(np.float64))  # mean/std [k+n, 1, 1, Cs]
+            forcings = norm.spatial_standardize(forcings.astype(np.float64))[0] if forcings.shape[-1] else forcings
             mean, std = mean[:, 0, 0, :], std[:, 0, 0, :]  # [k+n, Cs]
             out.update(inputs_mean=mean[:k], inputs_std=std[:k], targets_mean=mean[k:], targets_std=std[k:])
         times = self.window_times(index)

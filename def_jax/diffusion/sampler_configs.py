@@ -51,17 +51,24 @@ class SamplerConfig:
         if self.x0_clip is not None and not self.x0_clip > 0:
             raise ValueError(f"x0_clip must be > 0 (or None); got {self.x0_clip}")
 
-    def solve(self, eps_fn: S.EpsFn, x_T: jax.Array, schedule: VPSchedule, key: jax.Array) -> jax.Array:
-        """The solver's sample at ``t_end`` from ``x_T`` (``key``: the stochastic solvers' PRNG key)."""
+    def solve(self, eps_fn: S.EpsFn, x_T: jax.Array, schedule: VPSchedule, key: jax.Array,
+              corrector: Optional[Callable] = None) -> jax.Array:
+        """The solver's sample at ``t_end`` from ``x_T`` (``key``: the stochastic solvers' PRNG key; ``corrector``:
+        a map applied after every update, :func:`~def_jax.diffusion.samplers.dpm_solver_pp`)."""
         raise NotImplementedError
 
-    def sampler(self) -> Sampler:
-        """``sample(eps_fn, x_T, schedule, key) -> x``: :meth:`solve` on the (optionally clipped) ε-function."""
+    def sampler(self, corrector: Optional[Callable] = None) -> Sampler:
+        """``sample(eps_fn, x_T, schedule, key) -> x``: :meth:`solve` on the (optionally clipped) ε-function, with
+        ``corrector`` after every update (DPM-Solver++ only; a ``ValueError`` for the others)."""
+        if corrector is not None and not isinstance(self, DPMSolverPP):
+            raise ValueError(f"ensemble.corrector: the {self.name} sampler has no corrector; use dpm_solver_pp")
 
         def sample(eps_fn: S.EpsFn, x_T: jax.Array, schedule: VPSchedule, key: jax.Array) -> jax.Array:
             if self.x0_clip is not None:
                 eps_fn = S.clipped_eps(eps_fn, schedule, float(self.x0_clip))
-            return self.solve(eps_fn, x_T, schedule, key)
+            if corrector is None:
+                return self.solve(eps_fn, x_T, schedule, key)
+            return self.solve(eps_fn, x_T, schedule, key, corrector=corrector)
 
         return sample
 
@@ -96,10 +103,10 @@ class DPMSolverPP(FixedStepSampler):
         S.check_choice("order", self.order, (1, 2, 3))
         S.check_choice("method", self.method, S.METHODS)
 
-    def solve(self, eps_fn, x_T, schedule, key):
+    def solve(self, eps_fn, x_T, schedule, key, corrector=None):
         return S.dpm_solver_pp(eps_fn, x_T, schedule, steps=self.steps, order=self.order, method=self.method,
                                spacing=self.spacing, t_end=self.t_end, lower_order_final=self.lower_order_final,
-                               denoise_to_zero=self.denoise_to_zero)
+                               denoise_to_zero=self.denoise_to_zero, corrector=corrector)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -202,7 +209,7 @@ def sampler_config(section: Mapping[str, Any]) -> SamplerConfig:
     return config
 
 
-def sampler_from_config(section: Mapping[str, Any]) -> Sampler:
-    """``sample(eps_fn, x_T, schedule, key) -> x`` of the solver a flat sampler section names (:func:`sampler_config`).
-    """
-    return sampler_config(section).sampler()
+def sampler_from_config(section: Mapping[str, Any], corrector: Optional[Callable] = None) -> Sampler:
+    """``sample(eps_fn, x_T, schedule, key) -> x`` of the solver a flat sampler section names (:func:`sampler_config`),
+    with ``corrector`` after every update (:meth:`SamplerConfig.sampler`)."""
+    return sampler_config(section).sampler(corrector)

@@ -77,11 +77,11 @@ def check_choice(name: str, value: Any, choices: tuple) -> None:
 # -------------------------------------------------------------------------------------------------------------------
 
 
-def _run_multistep(eps_fn, schedule, x, ts, A, B, history: int, noise_scale=None, key=None):
+def _run_multistep(eps_fn, schedule, x, ts, A, B, history: int, noise_scale=None, key=None, corrector=None):
     """x_i = A_i x_{i−1} + Σ_k B_ik m_{i−1−k} (+ C_i z_i), with m_i = x̂_0(x_i, t_i), for i = 1..N.
 
     ``history`` (static) is how many past data predictions the updates use (the solver order). Shapes: ts [N + 1],
-    A [N], B [N, 3], noise_scale [N] or None.
+    A [N], B [N, 3], noise_scale [N] or None. ``corrector`` (x → x, or None) is applied to every updated x_i.
     """
     n = ts.shape[0] - 1
     stochastic = noise_scale is not None
@@ -95,6 +95,8 @@ def _run_multistep(eps_fn, schedule, x, ts, A, B, history: int, noise_scale=None
         if stochastic:
             z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
             x = x + c.astype(x.dtype) * z
+        if corrector is not None:
+            x = corrector(x)
         return (x, hist), None
 
     hist0 = tuple(jnp.zeros_like(x) for _ in range(history))
@@ -102,12 +104,14 @@ def _run_multistep(eps_fn, schedule, x, ts, A, B, history: int, noise_scale=None
     return x
 
 
-def _run_singlestep(eps_fn, schedule, x, outer_ts, orders: list[int]):
+def _run_singlestep(eps_fn, schedule, x, outer_ts, orders: list[int], corrector=None):
     """Singlestep solver over the outer grid ``outer_ts`` [K + 1] with a static order per step.
 
     All stages of all steps are flattened into one scan of NFE = Σ orders iterations. Iteration g first finishes the
     previous step if g starts a new one (x_start ← A x_start + Σ B m; identity otherwise), then evaluates its stage.
+    ``corrector`` (x → x, or None) is applied to the state at the end of every step.
     """
+    correct = corrector if corrector is not None else (lambda v: v)
     k_steps = len(orders)
     s, t = outer_ts[:-1], outer_ts[1:]
     # Coefficients of every step at every order present, then pick each step's own order.
@@ -124,8 +128,9 @@ def _run_singlestep(eps_fn, schedule, x, outer_ts, orders: list[int]):
     stage_of = np.concatenate([np.arange(o) for o in orders])
     first = stage_of == 0
     prev = np.maximum(step_of - 1, 0)
-    finish_a = jnp.where(first & (step_of > 0), coef["A"][prev], 1.0)  # [NFE]
-    finish_b = jnp.where((first & (step_of > 0))[:, None], coef["B"][prev], 0.0)  # [NFE, 3]
+    finishes = first & (step_of > 0)  # [NFE] iteration g completes the previous step
+    finish_a = jnp.where(finishes, coef["A"][prev], 1.0)  # [NFE]
+    finish_b = jnp.where(finishes[:, None], coef["B"][prev], 0.0)  # [NFE, 3]
     inputs = (
         coef["stage_t"][step_of, stage_of],
         coef["stage_a"][step_of, stage_of],
@@ -133,19 +138,22 @@ def _run_singlestep(eps_fn, schedule, x, outer_ts, orders: list[int]):
         finish_a,
         finish_b,
         jnp.asarray(stage_of),
+        jnp.asarray(finishes),
     )
 
     def stage(carry, inp):
         x_start, buf = carry  # buf: [3, *x.shape], the data predictions of the current step's stages
-        tau, a, b, fa, fb, slot = inp
+        tau, a, b, fa, fb, slot, ends = inp
         x_start = _combine(fa, fb, x_start, buf)
+        if corrector is not None:
+            x_start = jnp.where(ends, corrector(x_start), x_start)
         y = _combine(a, b, x_start, buf)
         buf = buf.at[slot].set(data_prediction(eps_fn, schedule, y, tau))
         return (x_start, buf), None
 
     buf0 = jnp.zeros((3,) + x.shape, x.dtype)
     (x_start, buf), _ = jax.lax.scan(stage, (x, buf0), inputs)
-    return _combine(coef["A"][-1], coef["B"][-1], x_start, buf)
+    return correct(_combine(coef["A"][-1], coef["B"][-1], x_start, buf))
 
 
 def _finish(eps_fn, schedule, x, t_end, denoise_to_zero: bool):
@@ -162,7 +170,8 @@ def _finish(eps_fn, schedule, x, t_end, denoise_to_zero: bool):
 @functools.partial(
     jax.jit,
     static_argnums=0,
-    static_argnames=("steps", "order", "method", "spacing", "t_start", "t_end", "lower_order_final", "denoise_to_zero"),
+    static_argnames=("steps", "order", "method", "spacing", "t_start", "t_end", "lower_order_final", "denoise_to_zero",
+                     "corrector"),
 )
 def dpm_solver_pp(
     eps_fn: EpsFn,
@@ -177,6 +186,7 @@ def dpm_solver_pp(
     t_end: Optional[float] = None,
     lower_order_final: bool = True,
     denoise_to_zero: bool = False,
+    corrector: Optional[Callable[[jax.Array], jax.Array]] = None,
 ) -> jax.Array:
     """DPM-Solver++ from ``t_start`` (default 1) to ``t_end`` (default 1/T, i.e. 1e-3 for T = 1000).
 
@@ -191,6 +201,9 @@ def dpm_solver_pp(
       spacing: ``"logSNR"``, ``"time_uniform"`` or ``"time_quadratic"``.
       lower_order_final: multistep only -- lower the order of the last steps when steps < 15.
       denoise_to_zero: return x̂_0(x, t_end) instead of x at t_end (one extra NFE).
+      corrector: a map x → x applied after every update, intermediate noisy states included (the DEF authors'
+        re-standardization of each sample's fields, :func:`def_jax.data.normalization.standardize_fields`); static,
+        hashed by identity; None = off.
     Returns:
       The sample at ``t_end``, same shape and dtype as ``x_T``.
     """
@@ -203,11 +216,11 @@ def dpm_solver_pp(
     if method == "multistep":
         orders = sc.multistep_orders(steps, order, lower_order_final)
         A, B = sc.multistep_coefficients(schedule, ts, orders)
-        x = _run_multistep(eps_fn, schedule, x, ts, A, B, history=max(orders))
+        x = _run_multistep(eps_fn, schedule, x, ts, A, B, history=max(orders), corrector=corrector)
     else:
         orders = sc.singlestep_orders(steps, order)
         outer = ts[np.concatenate([[0], np.cumsum(orders)])]
-        x = _run_singlestep(eps_fn, schedule, x, outer, orders)
+        x = _run_singlestep(eps_fn, schedule, x, outer, orders, corrector=corrector)
     return _finish(eps_fn, schedule, x, t_end, denoise_to_zero).astype(x_T.dtype)
 
 

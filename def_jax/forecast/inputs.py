@@ -4,12 +4,18 @@ Slot ``s`` of a cycle is the valid time ``init + s·Δt``: the k initial states 
 needs for forecast step n are at its input slots n−k+1..n and the time features at slots n−k+1..n+1 (computed from
 the valid times, no store read). Forcings are taken from the store (they are known inputs in DEF, like the
 authors' ERA5 setting); a horizon that runs past the store's written forcings is an error naming the time.
+
+Normalization (``data.normalization``): ``global`` normalizes with the store's training-period statistics and
+:meth:`ForecastInputs.to_physical` inverts it; ``per_sample`` standardizes each field (one time, one channel) over
+space with its own statistics, and outputs are converted back with the *initial* state's spatial mean and standard
+deviation (:meth:`ForecastInputs.initial_reference`: each field's large-scale mean and spread persisted, the only
+ones known at the initial time; the future states' own statistics would be an oracle).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -30,9 +36,7 @@ class ForecastInputs:
     built for (:func:`def_jax.models.build.store_channels`)."""
 
     def __init__(self, store: str | Path, data_cfg: Any, history: int):
-        if data_cfg.normalization != "global":
-            raise UserError(f"config.data.normalization={data_cfg.normalization!r}: forecasts need 'global' "
-                            f"normalization (per-sample statistics of future states are unknown)")
+        self.per_sample = norm.check_normalization(data_cfg.normalization) == "per_sample"
         if history < 1:
             raise UserError(f"history ({history}) must be ≥ 1")
         self.store = str(store)
@@ -51,11 +55,13 @@ class ForecastInputs:
         self.times, self.status = reader.times, reader.status  # [T] store times, [T] time_status
         self.dt_hours = float(reader.dt_hours * stride_for(data_cfg.dt_hours, reader.dt_hours, self.store))
         self.step = np.timedelta64(int(round(self.dt_hours * 3600)), "s")
-        stats = reader.load_stats(self.state_fields + self.forcing_fields)
-        cs = len(self.state_channels)
-        self.state_stats = norm.ChannelStats(stats.channels[:cs], stats.mean[:cs], stats.std[:cs])
-        self.forcing_stats = (norm.ChannelStats(stats.channels[cs:], stats.mean[cs:], stats.std[cs:])
-                              if self.forcing_fields else None)
+        self.state_stats = self.forcing_stats = None  # per_sample: no training-period statistics needed
+        if not self.per_sample:
+            stats = reader.load_stats(self.state_fields + self.forcing_fields)
+            cs = len(self.state_channels)
+            self.state_stats = norm.ChannelStats(stats.channels[:cs], stats.mean[:cs], stats.std[:cs])
+            self.forcing_stats = (norm.ChannelStats(stats.channels[cs:], stats.mean[cs:], stats.std[cs:])
+                                  if self.forcing_fields else None)
         self.lo, self.hi = norm.channel_bounds(self.state_channels, self.catalogue)  # [C] physical bounds
 
     def slot_times(self, init: np.datetime64, first: int, count: int) -> np.ndarray:
@@ -89,11 +95,24 @@ class ForecastInputs:
         if self.forcing_fields:
             self._indices(self.slot_times(init, first, self.history + pre_steps + steps - 1), "forcing")
 
+    def _normalize(self, x: np.ndarray, stats) -> np.ndarray:
+        """x [T, H, W, C] physical → normalized (global: in place; per_sample: each field over space)."""
+        if self.per_sample:
+            return norm.spatial_standardize(x.astype(np.float64))[0].astype(np.float32)  # float64: means ~1e5 Pa
+        normalize_inplace(x, stats)
+        return x
+
     def states(self, init: np.datetime64, first: int, count: int) -> np.ndarray:
         """Normalized analyses at slots first..first+count−1: [count, H, W, C] float32."""
         x = self._read(self.state_fields, self.slot_times(init, first, count), "an initial state")
-        normalize_inplace(x, self.state_stats)
-        return x
+        return self._normalize(x, self.state_stats)
+
+    def initial_reference(self, init: np.datetime64) -> tuple[np.ndarray, np.ndarray]:
+        """per_sample: the spatial mean and standard deviation [C] of the state at the initial time (physical units),
+        with which :meth:`to_physical` converts every lead of the cycle."""
+        x = self._read(self.state_fields, self.slot_times(init, 0, 1), "an initial state")  # [1, H, W, C]
+        _, mean, std = norm.spatial_standardize(x.astype(np.float64))  # [1, 1, 1, C]
+        return mean.reshape(-1), std.reshape(-1)
 
     def initial_states(self, init: np.datetime64) -> np.ndarray:
         """Normalized states at slots −k+1..0: [k, H, W, C] float32."""
@@ -115,8 +134,7 @@ class ForecastInputs:
         if not self.forcing_fields or count == 0:
             return np.zeros((count,) + self.grid_shape + (len(self.forcing_channels),), np.float32)
         x = self._read(self.forcing_fields, self.slot_times(init, first, count), "forcing")
-        normalize_inplace(x, self.forcing_stats)
-        return x
+        return self._normalize(x, self.forcing_stats)
 
     def time_features(self, init: np.datetime64, first: int, count: int) -> np.ndarray:
         """[count, 4] (or [count, 0] without time encodings)."""
@@ -132,8 +150,14 @@ class ForecastInputs:
         """Physical states at slots first..first+count−1 [count, H, W, C] (all must be written)."""
         return self._read(self.state_fields, self.slot_times(init, first, count), "a state")
 
-    def to_physical(self, x: np.ndarray) -> np.ndarray:
+    def to_physical(self, x: np.ndarray, reference: Optional[tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
         """Normalized [..., C] → physical units with the catalogue's constraints (q, CAPE, PWAT ≥ 0; CIN ≤ 0; REFC
-        floor) applied, float32."""
-        y = norm.denormalize(np.asarray(x, np.float32), self.state_stats)
+        floor) applied, float32. per_sample: ``reference`` = :meth:`initial_reference` of the cycle."""
+        if self.per_sample:
+            if reference is None:
+                raise ValueError("per-sample normalization: to_physical needs the cycle's initial_reference")
+            mean, std = reference
+            y = np.asarray(x, np.float32) * std.astype(np.float32) + mean.astype(np.float32)
+        else:
+            y = norm.denormalize(np.asarray(x, np.float32), self.state_stats)
         return np.clip(y, self.lo, self.hi).astype(np.float32)

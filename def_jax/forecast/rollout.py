@@ -26,6 +26,11 @@ rollout run with ``perturbation = "none"``.
 **Direct mode** (§6): x_{n+1} = a reverse-diffusion sample conditioned on the past k states, forcings, time features
 and statics (and G_φ(X_n), whose output is then added to the sample: the residual variant).
 
+**Per-sample normalization** (``RolloutSpec.restandardize``, the DEF authors' setting): states are each field
+standardized over space, so every new state (G_φ's output, a direct sample) is standardized again over (H, W) before
+it is carried and emitted (:func:`def_jax.data.normalization.standardize_fields`); the caller converts the outputs to
+physical units with the initial state's spatial statistics.
+
 **Randomness**: member b's key is ``fold_in(base, b)``; step n's ``fold_in(member_key, n)``; walk k's
 ``fold_in(step_key, k)``, split into the initial noise z and the sampler's own key; the additive noise of step n is
 drawn from the step key itself, the initial noise from ``fold_in(member_key, INITIAL_TAG)``, and bred pair p's
@@ -49,6 +54,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from def_jax.data.normalization import standardize_fields
 from def_jax.diffusion.gaussian import gaussian_eps_fn
 from def_jax.diffusion.samplers import guided_eps
 from def_jax.diffusion.schedules import VPSchedule
@@ -82,6 +88,7 @@ class RolloutSpec:
         (additive noise), ``none``.
       conditional: DEF's ε(c): ``network`` (ε_θ with the condition) or ``exact`` ((x − α_t c)/σ_t, no network call).
       correlation_length: L in grid points of the ``correlated`` noise.
+      restandardize: per-sample normalization: each new state standardized over space before it is carried.
     """
 
     mode: str = "def"
@@ -94,6 +101,7 @@ class RolloutSpec:
     perturbation: str = "def"
     conditional: str = "network"
     correlation_length: float = 0.0
+    restandardize: bool = False
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -230,6 +238,8 @@ def make_rollout(forecast_fn: Optional[ForecastFn], eps_net: Optional[EpsNet], s
                 cond = condition_fn(hist, _broadcast_members(f, b), _broadcast_members(tf, b), st, forecast)
                 y = sample_members(eps_net, sample, schedule, spec, cond, step_keys, scale, hist.shape[2:])
                 y = y + forecast if spec.residual else y
+            if spec.restandardize:
+                y = standardize_fields(y)
             hist = jnp.concatenate([hist[:, 1:], y[:, None].astype(hist.dtype)], axis=1)
             return hist, y
 

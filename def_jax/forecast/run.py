@@ -22,6 +22,7 @@ from flax import nnx
 
 from def_jax import __version__, parallel
 from def_jax.data import schema
+from def_jax.data.normalization import standardize_fields
 from def_jax.diffusion.sampler_configs import sampler_from_config
 from def_jax.diffusion.schedules import make_schedule
 from def_jax.errors import UserError
@@ -74,7 +75,7 @@ def build_program(spec: RolloutSpec, models: Models, cfg: Any) -> Callable:
     """The jitted rollout for ``spec``: ``program(f_params, d_params, states, member_ids, base_key, step0, forcings,
     time_features, statics, scale, amplitude) -> (states, outputs)``."""
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_steps)
-    sample = sampler_from_config(cfg.sampler)
+    sample = sampler_from_config(cfg.sampler, standardize_fields if cfg.ensemble.corrector else None)
     d_graphdef = models.denoiser[0] if models.denoiser else None
 
     def program(f_params, d_params, states, member_ids, base_key, step0, forcings, time_features, statics, scale,
@@ -115,11 +116,19 @@ class Forecaster:
 
     def __init__(self, cfg: Any, workdir: Path, log: Callable = print, inits: tuple = (), *,
                  trace_scale: bool = False, max_pre_steps: Optional[int] = None):
-        if cfg.ensemble.corrector:
-            raise UserError("config.ensemble.corrector: re-standardization needs per-sample normalization, which "
-                            "forecasts do not support; set it to False")
+        per_sample = cfg.data.normalization == "per_sample"
+        if cfg.ensemble.corrector and not per_sample:
+            raise UserError("config.ensemble.corrector: the corrector re-standardizes each sample's fields, which "
+                            "belongs to per-sample normalization (--config.data.normalization=per_sample); set it to "
+                            "False")
+        if cfg.ensemble.corrector and cfg.sampler.name != "dpm_solver_pp":
+            raise UserError(f"config.ensemble.corrector: the {cfg.sampler.name} sampler has no corrector; use "
+                            f"--config.sampler.name=dpm_solver_pp")
         self.cfg, self.log = cfg, log
         self.ensemble = Ensemble.from_config(cfg)
+        if per_sample and self.ensemble.kind not in ("def", "direct"):
+            raise UserError(f"config.ensemble.perturbation={self.ensemble.kind!r}: the baseline ensembles' amplitudes "
+                            f"are in units of the global normalization; per-sample forecasts run def or direct")
         self.trace_scale = bool(trace_scale)
         self.direct = self.ensemble.kind == "direct"
         e = cfg.ensemble
@@ -162,9 +171,11 @@ class Forecaster:
     def _spec(self, ensemble: Ensemble, lead_steps: int, deterministic: bool) -> RolloutSpec:
         cfg = self.cfg
         if deterministic:
-            return RolloutSpec(mode="def", walks=0, history=int(cfg.data.history),
+            spec = RolloutSpec(mode="def", walks=0, history=int(cfg.data.history),
                                forecaster_history=int(cfg.data.history), lead_steps=lead_steps, perturbation="none")
-        return ensemble.step_spec(cfg, self.history, lead_steps, self.dx_km, trace_scale=self.trace_scale)
+        else:
+            spec = ensemble.step_spec(cfg, self.history, lead_steps, self.dx_km, trace_scale=self.trace_scale)
+        return dataclasses.replace(spec, restandardize=self.inputs.per_sample)
 
     def program(self, lead_steps: int, deterministic: bool, ensemble: Optional[Ensemble] = None) -> Callable:
         spec = self._spec(ensemble or self.ensemble, lead_steps, deterministic)
@@ -235,6 +246,9 @@ class Forecaster:
             "sampler_order": int(s.order), "sampler_method": s.method, "sampler_spacing": s.spacing,
             "schedule": cfg.diffusion.schedule, "diffusion_steps": int(cfg.diffusion.num_steps),
             "dt_hours": self.dt, "seed": int(cfg.seed), "member_chunk": self.member_chunk,
+            "normalization": ("per_sample: physical units from the initial state's spatial mean and std"
+                              if self.inputs.per_sample else "global"),
+            "corrector": int(bool(cfg.ensemble.corrector)),
             "lead_chunk": self.lead_chunk,
             "forecaster_checkpoint": _ckpt_text(info.get("forecaster")),
             "denoiser_checkpoint": _ckpt_text(info.get("denoiser")),
@@ -268,6 +282,7 @@ class Forecaster:
         # fails early, naming the time, if anything is unwritten
         self.inputs.check_available(init, self.steps, ensemble.pre_steps)
         initial = self.inputs.initial_states(init)  # [k, H, W, C]
+        reference = self.inputs.initial_reference(init) if self.inputs.per_sample else None  # ([C], [C])
         key = parallel.put(np.asarray(cycle_key(cfg.seed, init)), self._rep)
         mc, lc = self.member_chunk, self.lead_chunk
         m_chunks = list(range(0, self.members, mc))
@@ -290,7 +305,7 @@ class Forecaster:
                         steps = min(lc, self.steps - n0)
                         states, out = self.run_chunk(states, ids, key, init, n0, steps, ensemble=ensemble,
                                                      gather=fmt == "netcdf")
-                        self._write(writer, out, m0, keep, n0)
+                        self._write(writer, out, m0, keep, n0, reference)
                         bar.update(1)
                     self._record(writer, fmt, member_chunk=m0)
                 if det and not det_done:
@@ -300,7 +315,7 @@ class Forecaster:
                         steps = min(lc, self.steps - n0)
                         states, out = self.run_chunk(states, np.zeros(1), key, init, n0, steps, deterministic=True,
                                                      gather=fmt == "netcdf")
-                        self._write(writer, out, None, 1, n0)
+                        self._write(writer, out, None, 1, n0, reference)
                         bar.update(1)
                     self._record(writer, fmt, deterministic=True)
             parallel.barrier(f"{path.name}: members written")
@@ -342,10 +357,10 @@ class Forecaster:
             self.log(f"{path.name}.partial: resuming, {sum(done)} of {len(m_chunks)} member chunk(s) written")
         return writer, done, det_done
 
-    def _write(self, writer, out, m0: Optional[int], keep: int, n0: int) -> None:
+    def _write(self, writer, out, m0: Optional[int], keep: int, n0: int, reference=None) -> None:
         """One chunk's output into the file: ``out`` [L, b, H, W, C] normalized, gathered on the host (NetCDF,
         written by process 0) or a global array whose parts each process writes (Zarr); ``m0`` None: the
-        deterministic run."""
+        deterministic run; ``reference``: per-sample normalization's initial statistics."""
         if writer is None:  # a NetCDF file, on a process other than 0
             return
         parts = [((slice(None),) * 5, out)] if isinstance(out, np.ndarray) else parallel.write_owners(out)
@@ -358,7 +373,7 @@ class Forecaster:
                 continue
             l0 = n0 + (lead.start or 0)
             leads = slice(l0, l0 + data.shape[0])
-            physical = self.inputs.to_physical(data[:, :count])
+            physical = self.inputs.to_physical(data[:, :count], reference)
             if m0 is None:
                 writer.write_deterministic(leads, physical[:, 0], rows=rows)
             else:
