@@ -104,15 +104,17 @@ def test_explicit_settings_are_checked():
         parallel.initialize_distributed("127.0.0.1:1234", 0, -1)
 
 
-def test_gpu_check_runs_at_a_tiny_size(tmp_path):
+def test_gpu_check_runs_at_a_tiny_size(tmp_path, mini_store):
     """experiments/benchmarks/gpu_check.sh end to end on the CPU (4 virtual devices) with the tiny config in the direct
-    mode with rematerialized blocks (hrrr_4090's setting): its store, bench sampler, bench train of both networks,
-    info --memory and the summary. The real update programs run (one warm-up and one timed update each)."""
+    mode with rematerialized blocks (hrrr_4090's setting): bench sampler, bench train of both networks, info --memory
+    and the summary, on the session's 32×32 store in place of the script's own (its synth → prepare → stats is the
+    chain that test_synth.py runs). The real update programs run (one warm-up and one timed update each)."""
     import json
 
-    env = dict(__import__("os").environ, CONFIG=f"{ROOT / 'tests' / 'tiny_config.py'}:unused.zarr", SIZES="16",
+    (tmp_path / "store.zarr").symlink_to(mini_store)
+    (tmp_path / "store.ready").touch()
+    env = dict(__import__("os").environ, CONFIG=f"{ROOT / 'tests' / 'tiny_config.py'}:unused.zarr", SIZES="32",
                MEMBERS="4", SAMPLER_STEPS="2", TRAIN_STEPS="1", LEAD_STEPS="1",
-               DEF_JAX_CACHE_DIR=str(tmp_path / "xla"),  # info --memory finds bench train's update programs
                EXTRA=" ".join(["--config.diffusion.mode=direct", "--config.diffusion.direct_history=2",
                                "--config.diffusion.direct_residual=true", "--config.diffusion.conditional=network",
                                "--config.diffusion.p_uncond=0.1", "--config.denoiser.skip_coefficients=learned",
@@ -129,11 +131,11 @@ def test_gpu_check_runs_at_a_tiny_size(tmp_path):
     assert all(r["peak_gb"] is None for r in summary["rows"])  # XLA:CPU keeps no device memory statistics
     assert forecaster["estimate_gb"] > 0 and diffusion["estimate_gb"] > 0
     for model in ("forecaster", "diffusion"):
-        (r,) = json.loads((tmp_path / f"train_{model}_16.json").read_text())["models"]
+        (r,) = json.loads((tmp_path / f"train_{model}_32.json").read_text())["models"]
         assert r["updates_done"] == 2 and r["timed_updates"] == 1 and r["devices"] == 4 and r["global_batch"] == 4
-        assert r["input_shape"][-3:-1] == [16, 16] and r["updates_per_s"] > 0 and r["gflop_per_update"] > 0
+        assert r["input_shape"][-3:-1] == [32, 32] and r["updates_per_s"] > 0 and r["gflop_per_update"] > 0
         assert np.isfinite(r["last_loss"]) and 0 < r["achieved_fraction_of_matmul"] < 2
-    s = json.loads((tmp_path / "sampler_16.json").read_text())
+    s = json.loads((tmp_path / "sampler_32.json").read_text())
     assert s["mode"] == "direct_residual" and s["walks"] == 0 and s["guided_batch"] == 8  # λ = 0.5: 2B per call
-    assert s["shape"] == [4, 16, 16, 18] and s["devices"] == 4 and s["rollout_s"] > 0
+    assert s["shape"] == [4, 32, 32, 18] and s["devices"] == 4 and s["rollout_s"] > 0
     assert "members×steps/s" in run.stdout and "wrote" in run.stdout

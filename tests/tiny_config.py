@@ -39,8 +39,9 @@ def learning_config(store):
 
 
 def forecast_config(store, **ensemble):
-    """``learning_config`` with a small DEF ensemble (3 members, K = 1, λ = 0.5, 3 h, S = 3), ``ensemble`` overriding."""
+    """``learning_config`` with a small DEF ensemble (3 members, K = 1, λ = 0.5, 3 h in one compiled call, S = 3),
+    ``ensemble`` overriding. (Lead chunks: tests/test_rollout.py, and the 240 h forecast of test_forecast_modes.py.)"""
     cfg = learning_config(store)
-    cfg.ensemble.update(dict(members=3, walks=1, guidance_scale=0.5, lead_hours=3, lead_chunk=2), **ensemble)
+    cfg.ensemble.update(dict(members=3, walks=1, guidance_scale=0.5, lead_hours=3, lead_chunk=3), **ensemble)
     cfg.sampler.steps = 3
     return cfg

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: what def-jax does on one NVIDIA GPU, in one short run, after the README's CUDA install
 # (.venv/bin/pip install "jax[cuda12]==0.10.2"). Sized to stay within 8 minutes on one GPU; not yet run on one (the
-# CPU test runs it at 16²). For the hrrr_4090 preset (bf16) on 256² and 512² crops:
+# CPU test runs it at 32² on its session store). For the hrrr_4090 preset (bf16) on 256² and 512² crops:
 #   * bench sampler: one direct-mode sample and the rollout of B members: members × steps/s, achieved TFLOP/s;
 #   * bench train of G_φ and of ε_θ, each in its own process: updates/s, samples/s, achieved TFLOP/s;
 #   * each process's peak device memory (memory_stats) beside def-jax info --memory's estimate of the training step;
