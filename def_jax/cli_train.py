@@ -35,7 +35,10 @@ def info_define(fv: flags.FlagValues) -> None:
                       flag_values=fv)
     flags.DEFINE_string("grid", None, "HEIGHTxWIDTH (default: data.crop_shape if set, else data.grid_shape).",
                         flag_values=fv)
-    flags.DEFINE_bool("memory", False, "Also compile one training step and report XLA's memory analysis.",
+    flags.DEFINE_bool("memory", False, "Also estimate the memory of one training step (nothing is executed).",
+                      flag_values=fv)
+    flags.DEFINE_bool("compiled", True, "With --memory: also compile the step for XLA's memory analysis on this "
+                      "backend (minutes for a full-domain model; --nocompiled gives the estimate alone).",
                       flag_values=fv)
     flags.DEFINE_integer("batch", None, "Micro-batch for --memory (default: training.<model>.batch_size).",
                          flag_values=fv, lower_bound=1)
@@ -51,7 +54,9 @@ def info_run(inv: Invocation) -> int:
     grid = parse_grid(fv.grid or None, crop if min(crop) > 0 else tuple(cfg.data.grid_shape), example="256x256")
     kinds = ["forecaster", "diffusion"] if fv.model == "both" else [
         "forecaster" if fv.model == "forecaster" else "diffusion"]
-    reports = [model_report(cfg, k, grid, memory=fv.memory, batch=fv.batch) for k in kinds]
+    if not fv.compiled and not fv.memory:
+        raise UserError("--nocompiled: it selects what --memory reports; add --memory")
+    reports = [model_report(cfg, k, grid, memory=fv.memory, batch=fv.batch, compiled=fv.compiled) for k in kinds]
     for r in reports:
         print(format_report(r))
     if fv.out:

@@ -263,6 +263,14 @@ def test_info_reports_parameters_flops_and_memory(capsys, tmp_path):
     assert report["parameters"] > 1000 and report["gflops_per_forward"] > 0
     assert report["memory_estimate_gb"] > report["memory_static_gb"] > 0 and report["memory_activations_gb"] > 0
     assert report["memory_xla_cpu_gb"] > 0
+    # --nocompiled: the same estimate, without compiling the step for XLA's analysis
+    assert cli.main(["info", f"--config={TINY}:{tmp_path}/unused.zarr", "--memory", "--nocompiled",
+                     "--model=forecaster", f"--out={out}"]) == 0
+    estimate = json.loads(out.read_text())["reports"][0]
+    assert "XLA:CPU compiled" not in capsys.readouterr().out and "memory_xla_cpu_gb" not in estimate
+    assert estimate["memory_estimate_gb"] == report["memory_estimate_gb"]
+    assert cli.main(["info", f"--config={TINY}:{tmp_path}/unused.zarr", "--nocompiled"]) == 2
+    assert "--nocompiled: it selects what --memory reports" in capsys.readouterr().err
 
 
 def test_checkpoints_older_than_a_field_match_its_legacy_value():

@@ -55,8 +55,9 @@ def _abstract_batch(cfg: Any, kind: str, ch: Channels, grid: tuple[int, int], mi
 
 
 def model_report(cfg: Any, kind: str, grid: tuple[int, int], *, memory: bool, batch: Optional[int] = None,
-                 remat: Optional[bool] = None) -> dict:
-    """Parameters, GFLOPs per forward (batch 1) and, if ``memory``, the training step's memory (bytes)."""
+                 remat: Optional[bool] = None, compiled: bool = True) -> dict:
+    """Parameters, GFLOPs per forward (batch 1) and, if ``memory``, the training step's memory (:func:`step_memory`;
+    ``compiled``: with XLA's analysis of the compiled step)."""
     ch = config_channels(cfg)
     cfg = cfg.copy_and_resolve_references()
     section = "forecaster" if kind == "forecaster" else "denoiser"
@@ -96,7 +97,7 @@ def model_report(cfg: Any, kind: str, grid: tuple[int, int], *, memory: bool, ba
               "channels": {"state": ch.state, "forcing": ch.forcing, "static": ch.static},
               "widths": list(UNetConfig.from_config(cfg[section]).widths)}
     if memory:
-        report.update(step_memory(cfg, kind, graphdef, params, ch, grid, history, batch))
+        report.update(step_memory(cfg, kind, graphdef, params, ch, grid, history, batch, compiled=compiled))
     return report
 
 
@@ -129,8 +130,8 @@ def largest_attention_bytes(cfg_model: Any, grid: tuple[int, int], batch: int,
 
 
 def step_memory(cfg: Any, kind: str, graphdef, params, ch: Channels, grid, history: int,
-                batch: Optional[int]) -> dict:
-    """Memory of one update step (nothing is executed).
+                batch: Optional[int], compiled: bool = True) -> dict:
+    """Memory of one update step (nothing is executed; with ``compiled`` False nothing is compiled either).
 
     * ``static``: parameters, gradients, optimizer state, EMA, frozen forecaster and the batch -- exact.
     * ``activations``: what the backward pass keeps, from the residuals of ``jax.vjp`` of the loss -- exact for JAX's
@@ -141,7 +142,7 @@ def step_memory(cfg: Any, kind: str, graphdef, params, ch: Channels, grid, histo
       ``xla``, only q, k, v with ``chunked``.)
     * ``estimate`` = static + activations + 2 × attention: a device-independent estimate of the peak.
     * ``xla_cpu``: XLA's compiled memory analysis on this backend (its CPU scheduler is not memory-aware: it does not
-      exploit rematerialization, so it overstates remat runs).
+      exploit rematerialization, so it overstates remat runs); only with ``compiled``.
     """
     tcfg = cfg.training[kind]
     micro = batch or int(tcfg.batch_size)
@@ -165,15 +166,17 @@ def step_memory(cfg: Any, kind: str, graphdef, params, ch: Channels, grid, histo
     if impl == "cudnn" and jax.default_backend() == "cpu":
         raise UserError(f"config.{section}.attention: cudnn attention compiles only on an NVIDIA GPU; on this CPU "
                         f"estimate with --config.{section}.attention=chunked (no score matrix either)")
-    step = jax.jit(make_train_step(loss_fn, optimizer, schedule, ema_decay=ema), donate_argnums=0)
-    mem = step.lower(state, batches, frozen).compile().memory_analysis()
-    args, temp, out, alias = (int(getattr(mem, f"{n}_size_in_bytes", 0)) for n in
-                              ("argument", "temp", "output", "alias"))
-    return {"micro_batch": micro, "grad_accum": int(tcfg.grad_accum), "remat": bool(cfg[section].remat),
-            "memory_static_gb": static / GB, "memory_activations_gb": activations / GB,
-            "attention": impl, "memory_attention_gb": attention / GB,
-            "memory_estimate_gb": (static + activations + 2 * attention) / GB,
-            "memory_xla_cpu_gb": (args + temp + out - alias) / GB}
+    report = {"micro_batch": micro, "grad_accum": int(tcfg.grad_accum), "remat": bool(cfg[section].remat),
+              "memory_static_gb": static / GB, "memory_activations_gb": activations / GB,
+              "attention": impl, "memory_attention_gb": attention / GB,
+              "memory_estimate_gb": (static + activations + 2 * attention) / GB}
+    if compiled:
+        step = jax.jit(make_train_step(loss_fn, optimizer, schedule, ema_decay=ema), donate_argnums=0)
+        mem = step.lower(state, batches, frozen).compile().memory_analysis()
+        args, temp, out, alias = (int(getattr(mem, f"{n}_size_in_bytes", 0)) for n in
+                                  ("argument", "temp", "output", "alias"))
+        report["memory_xla_cpu_gb"] = (args + temp + out - alias) / GB
+    return report
 
 
 def format_report(r: dict) -> str:
@@ -185,7 +188,7 @@ def format_report(r: dict) -> str:
         lines.append(f"  one training step (micro-batch {r['micro_batch']} × {r['grad_accum']} accumulation, "
                      f"remat {r['remat']}): ≈ {r['memory_estimate_gb']:.2f} GiB = static {r['memory_static_gb']:.2f}"
                      f" (weights, gradients, optimizer, EMA, batch) + activations {r['memory_activations_gb']:.2f}"
-                     f" + 2 × attention scores {r['memory_attention_gb']:.2f} ({r['attention']} attention); "
-                     f"XLA:CPU compiled "
-                     f"{r['memory_xla_cpu_gb']:.2f} GiB")
+                     f" + 2 × attention scores {r['memory_attention_gb']:.2f} ({r['attention']} attention)"
+                     + (f"; XLA:CPU compiled {r['memory_xla_cpu_gb']:.2f} GiB" if "memory_xla_cpu_gb" in r
+                        else ""))
     return "\n".join(lines)

@@ -4,7 +4,8 @@
 # CPU test runs it at 32² on its session store). For the hrrr_4090 preset (bf16) on 256² and 512² crops:
 #   * bench sampler: one direct-mode sample and the rollout of B members: members × steps/s, achieved TFLOP/s;
 #   * bench train of G_φ and of ε_θ, each in its own process: updates/s, samples/s, achieved TFLOP/s;
-#   * each process's peak device memory (memory_stats) beside def-jax info --memory's estimate of the training step;
+#   * each process's peak device memory (memory_stats) beside def-jax info --memory's estimate of the training step
+#     (--nocompiled: the estimate alone; the bench train processes run the compiled steps);
 #   * the attention implementation each network ran (auto: cuDNN's fused kernel for bf16 on NVIDIA GPUs).
 # The windows bench train reads come from a small synthetic store made first (synth → prepare → stats, on the CPUs).
 # Writes OUT/gpu_check.json (the summary) beside each command's JSON and log, and prints a table.
@@ -61,7 +62,7 @@ for s in "${sizes[@]}"; do
       --steps="$train_steps" --out="$out/train_${model}_$s.json" > "$out/train_${model}_$s.log" 2>&1
   done
   say "info --memory ${s}²"
-  $dj info --config="$config" "${extra[@]}" "${data[@]}" "${grid[@]}" --memory --grid="${s}x$s" \
+  $dj info --config="$config" "${extra[@]}" "${data[@]}" "${grid[@]}" --memory --nocompiled --grid="${s}x$s" \
     --out="$out/info_$s.json" > "$out/info_$s.log" 2>&1
 done
 
