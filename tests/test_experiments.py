@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from local_launch import xla_flags
 
 from def_jax import parallel
 from def_jax.errors import UserError
@@ -113,7 +114,8 @@ def test_gpu_check_runs_at_a_tiny_size(tmp_path, mini_store):
 
     (tmp_path / "store.zarr").symlink_to(mini_store)
     (tmp_path / "store.ready").touch()
-    env = dict(__import__("os").environ, CONFIG=f"{ROOT / 'tests' / 'tiny_config.py'}:unused.zarr", SIZES="32",
+    env = dict(__import__("os").environ, XLA_FLAGS=xla_flags(4),
+               CONFIG=f"{ROOT / 'tests' / 'tiny_config.py'}:unused.zarr", SIZES="32",
                MEMBERS="4", SAMPLER_STEPS="2", TRAIN_STEPS="1", LEAD_STEPS="1",
                EXTRA=" ".join(["--config.diffusion.mode=direct", "--config.diffusion.direct_history=2",
                                "--config.diffusion.direct_residual=true", "--config.diffusion.conditional=network",

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from local_launch import xla_flags
 from tiny_config import forecast_config as config
 
 from def_jax.errors import UserError
@@ -28,7 +29,7 @@ def cli_forecasts(mini_store, trained_workdir, tmp_path_factory):
     cmd = [EXE, "forecast", f"--config={TINY}:{mini_store}", f"--workdir={workdir}", f"--init={INIT}", "--cycles=2",
            "--every=3", "--lead-hours=3", "--members=3", "--walks=1", "--guidance-scale=0.5", "--sampler-steps=3",
            f"--out={out}"]
-    env = dict(__import__("os").environ, DEF_JAX_CACHE_DIR="", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(__import__("os").environ, DEF_JAX_CACHE_DIR="", XLA_FLAGS=xla_flags(4))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, cmd, env, proc
