@@ -18,7 +18,7 @@ from def_jax.models.layers import groups_for, timestep_embedding
 from def_jax.models.networks import Channels, Denoiser, Forecaster, forecaster_input
 from def_jax.models.unet import UNet, UNetConfig
 
-TINY = UNetConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, attention_levels=(2,),
+TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,),
                   num_heads=2, norm_groups=4, time_embedding_dim=16)
 
 

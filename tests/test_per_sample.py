@@ -111,7 +111,8 @@ def test_per_sample_forecast_settings_are_checked_first(mini_store, tmp_path):
     """The corrector without per-sample normalization, a baseline ensemble with it, and the corrector with a sampler
     that has none are one-line errors before any model is loaded (the workdir is empty)."""
     cases = [(dict(), dict(corrector=True), "corrector re-standardizes each sample's fields"),
-             (dict(normalization="per_sample"), dict(perturbation="gaussian"), "per-sample forecasts run def or direct"),
+             (dict(normalization="per_sample"), dict(perturbation="gaussian"),
+              "per-sample forecasts run def or direct"),
              (dict(normalization="per_sample"), dict(corrector=True), "the ddim sampler has no corrector")]
     for data, ensemble, message in cases:
         cfg = forecast_config(mini_store, **ensemble)
