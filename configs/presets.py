@@ -356,7 +356,7 @@ def _heldsuarez(c: ml_collections.ConfigDict) -> None:
     c.data.workers = 1
     c.data.train_period = "2000-01-01T00:2001-03-31T18"
     c.data.val_period = "2001-04-01T00:2001-06-30T18"
-    c.data.test_period = "2001-07-01T00:2001-12-31T18"
+    c.data.test_period = "2001-07-01T00:2001-12-30T18"  # the world's 730 days end on 30 December (2000 is leap)
     c.forecaster = _unet(32, (1, 2, 4), attention_levels=(2,))
     c.forecaster.predict_increment = True
     c.denoiser = _denoiser(32, (1, 2, 4), attention_levels=(2,))
@@ -369,6 +369,7 @@ def _heldsuarez(c: ml_collections.ConfigDict) -> None:
     _def_unconditional(c)
     c.ensemble.members, c.ensemble.walks = 16, 2
     c.ensemble.lead_chunk = 40  # the 40 steps of a 10-day forecast in one compiled call
+    c.ensemble.correlation_length_km = 1000.0  # correlated noise of synoptic scale (the grid spacing is ~600 km)
 
 
 def _demo(c: ml_collections.ConfigDict) -> None:

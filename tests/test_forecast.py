@@ -225,6 +225,9 @@ def test_user_errors_name_the_problem(mini_store, trained_workdir, tmp_path):
     workdir, _ = trained_workdir
     with pytest.raises(UserError, match=r"initial state needed at 2030-01-01T00:00, which is outside the store"):
         forecast(config(mini_store), workdir, tmp_path, [np.datetime64("2030-01-01T00")])
+    with pytest.raises(UserError, match=r"initial state needed at 2024-06-02T16:30, which is not one of the store's "
+                                        r"times \(every 1 h from 2024-06-01T00:00\)"):
+        forecast(config(mini_store), workdir, tmp_path, [np.datetime64("2024-06-02T16:30")])
     with pytest.raises(UserError, match=r"forcing needed at 2024-06-03T12:00, which is outside the store"):
         forecast(config(mini_store, lead_hours=24), workdir, tmp_path, [np.datetime64("2024-06-03T00")])
     with pytest.raises(UserError, match=r"no forecaster checkpoint in .*empty.*train-forecaster"):

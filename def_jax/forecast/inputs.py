@@ -73,8 +73,11 @@ class ForecastInputs:
         idx = np.searchsorted(self.times, times)
         for t, i in zip(times, idx):
             if i >= len(self.times) or self.times[i] != t:
-                raise UserError(f"store {self.store}: {what} needed at {_time_text(t)}, which is outside the store "
-                                f"({_time_text(self.times[0])} to {_time_text(self.times[-1])})")
+                where = (f"which is outside the store ({_time_text(self.times[0])} to {_time_text(self.times[-1])})"
+                         if t < self.times[0] or t > self.times[-1] else
+                         f"which is not one of the store's times (every {self.reader.dt_hours:g} h from "
+                         f"{_time_text(self.times[0])})")
+                raise UserError(f"store {self.store}: {what} needed at {_time_text(t)}, {where}")
             if self.status[i] != schema.WRITTEN:
                 raise UserError(f"store {self.store}: {what} needed at {_time_text(t)}, whose slot is not written "
                                 f"(time_status {int(self.status[i])})")
