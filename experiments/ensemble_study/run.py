@@ -26,18 +26,22 @@ interruption. Stages, with WORKDIR = W:
 Independent jobs (the seeds' training, the forecasts and evaluations) run two at a time, each pinned to one core.
 Environment: SEEDS (ε_θ seeds, default "0 1 2"), GSEEDS (G_φ seeds, default "0": the first is the study's G_φ;
 ``GSEEDS="0 1 2"`` adds stage 7, about an hour more), EVERY (hours between test cycles, 30: 11 cycles whose initial times go round
-00, 06, 12 and 18 UTC), JOBS (parallel jobs, 2).
+00, 06, 12 and 18 UTC), JOBS (parallel jobs, 2), STUDY_FLAGS (def-jax flags added to every command's config, e.g.
+smaller budgets for a trial run of the stages).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 DJ = str(ROOT / ".venv" / "bin" / "def-jax")
@@ -99,11 +103,28 @@ def parallel(jobs: list[tuple[list[str], Path]], width: int) -> None:
                 raise SystemExit(f"failed ({proc.returncode}): {' '.join(args)} — see {logfile}")
 
 
-def study_config(w: Path):
-    """The study's config (config.py) for workdir ``w``."""
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What makes a study of this shape: its config file (``get_config(WORKDIR)``), stage 1 (``world(w, flags)``
+    makes the store), the ensembles and their validation grids, the flags of ``tune``, the variables of the figures,
+    and what ``summarize.py`` tables (``summary``: written to ``W/study.json``, its keys documented there)."""
+
+    config: Path
+    world: Callable[[Path, list], None]
+    ensembles: tuple = ENSEMBLES
+    grids: dict = dataclasses.field(default_factory=lambda: dict(GRIDS))
+    tune_flags: tuple = ("--every=24", "--max_cycles=4")
+    plot_variables: str = "refc,t2m,u10,z500"
+    every: int = 30
+    default_workdir: str = "runs/ensemble_study"
+    summary: dict = dataclasses.field(default_factory=dict)
+
+
+def study_config(plan: Plan, w: Path):
+    """The study's config (``plan.config``) for workdir ``w``."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("ensemble_study_config", CONFIG)
+    spec = importlib.util.spec_from_file_location("study_config", plan.config)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(str(w))
@@ -124,29 +145,45 @@ def setting_overrides(row: dict) -> list[str]:
     return best_overrides(row).split()
 
 
-def main() -> int:
-    w = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/ensemble_study").absolute()
-    seeds = [int(s) for s in os.environ.get("SEEDS", "0 1 2").split()]
-    gseeds = [int(s) for s in os.environ.get("GSEEDS", "0").split()]
-    every = int(os.environ.get("EVERY", "30"))
-    width = int(os.environ.get("JOBS", "2"))
-    w.mkdir(parents=True, exist_ok=True)
-    c = [f"--config={CONFIG}:{w}"]
-    t0 = time.time()
-
-    log("1. the world")
+def mini_hrrr_world(w: Path, c: list) -> None:
+    """Stage 1 of the mini-HRRR study: ``synth`` (eight weeks), ``prepare``, ``stats`` → ``W/mini_hrrr.zarr``."""
     store = w / "mini_hrrr.zarr"
     if not (w / "grib" / "synth.json").exists():
         run([DJ, "synth", *c, f"--out={w / 'grib'}"], w / "logs" / "world.log")
     run([DJ, "prepare", *c, f"--src={w / 'grib'}", "--workers=2"], w / "logs" / "world.log")
+    if not has_stats(store):
+        run([DJ, "stats", *c], w / "logs" / "world.log")
+
+
+def has_stats(store: Path) -> bool:
+    """Whether the store's normalization statistics and spectral covariance are written."""
     import xarray as xr
 
     from def_jax.data import schema
 
     with xr.open_zarr(store, consolidated=False) as ds:
-        fresh = ds.attrs.get("stats_train_period") and schema.SPECTRAL_COVARIANCE in ds
-    if not fresh:
-        run([DJ, "stats", *c], w / "logs" / "world.log")
+        return bool(ds.attrs.get("stats_train_period")) and schema.SPECTRAL_COVARIANCE in ds
+
+
+def main() -> int:
+    return run_study(Plan(config=CONFIG, world=mini_hrrr_world))
+
+
+def run_study(plan: Plan) -> int:
+    """The stages of the module docstring for ``plan``; WORKDIR from the command line, the environment's settings."""
+    w = Path(sys.argv[1] if len(sys.argv) > 1 else plan.default_workdir).absolute()
+    seeds = [int(s) for s in os.environ.get("SEEDS", "0 1 2").split()]
+    gseeds = [int(s) for s in os.environ.get("GSEEDS", "0").split()]
+    every = int(os.environ.get("EVERY", str(plan.every)))
+    width = int(os.environ.get("JOBS", "2"))
+    ensembles, summarize = plan.ensembles, CONFIG.parent / "summarize.py"
+    w.mkdir(parents=True, exist_ok=True)
+    (w / "study.json").write_text(json.dumps(dict(plan.summary, ensembles=list(ensembles)), indent=1) + "\n")
+    c = [f"--config={plan.config}:{w}", *shlex.split(os.environ.get("STUDY_FLAGS", ""))]
+    t0 = time.time()
+
+    log("1. the world")
+    plan.world(w, c)
 
     log("2. G_φ")
     run([DJ, "train-forecaster", *c, f"--workdir={w / 'g'}"], w / "logs" / "forecaster.log")
@@ -165,13 +202,13 @@ def main() -> int:
     # an earlier run's choices stand for ensembles whose tuning table is gone (chosen_settings.json keeps them)
     earlier = json.loads((w / "chosen_settings.json").read_text()) if (w / "chosen_settings.json").exists() else {}
     tuning = []
-    for kind in ENSEMBLES:
+    for kind in ensembles:
         out = w / "tuning" / kind
         if (out / "tuning.csv").exists() or kind in earlier:
             continue
-        grid = GRIDS[kind]
+        grid = plan.grids[kind]
         args = [DJ, "tune", *c, f"--workdir={s0}", f"--config.seed={seeds[0]}", f"--perturbation={kind}",
-                f"--scales={grid['scales']}", f"--out={out}", "--every=24", "--max_cycles=4"]
+                f"--scales={grid['scales']}", f"--out={out}", *plan.tune_flags]
         if "walks" in grid:
             args.append(f"--walks={grid['walks']}")
         tuning.append((args, w / "logs" / f"tune_{kind}.log"))
@@ -181,16 +218,16 @@ def main() -> int:
     # the first `width` seeds train side by side; the remaining seeds train while the others tune on seed 0's models
     parallel([training(s) for s in seeds[:width]], width)
     parallel([training(s) for s in seeds[width:]] + tuning + checks, width)
-    criterion = str(study_config(w).tuning.criterion)
+    criterion = str(study_config(plan, w).tuning.criterion)
     settings = {kind: chosen(w / "tuning" / kind / "tuning.csv", criterion)
-                if (w / "tuning" / kind / "tuning.csv").exists() else earlier[kind] for kind in ENSEMBLES}
+                if (w / "tuning" / kind / "tuning.csv").exists() else earlier[kind] for kind in ensembles}
     (w / "chosen_settings.json").write_text(json.dumps(settings, indent=1, default=str) + "\n")
     for kind, row in settings.items():
         log(f"  {kind}: {' '.join(setting_overrides(row))} (validation spread/skill {row['mean_ssr']:.2f}, "
             f"CRPS / deterministic MAE {row['crps_over_deterministic_mae']:.3f})")
 
     log(f"5. test forecasts every {every} h and their evaluation")
-    cfg = study_config(w)
+    cfg = study_config(plan, w)
     from def_jax.data.schema import parse_period
 
     start, end = parse_period(cfg.data.test_period, "test_period")
@@ -204,7 +241,7 @@ def main() -> int:
     init_text = np.datetime_as_string(np.datetime64(inits[0], "h"), unit="h")
     forecasts, evaluations = [], []
     for s in seeds:
-        for kind in ENSEMBLES:
+        for kind in ensembles:
             if kind != "def" and s != seeds[0]:
                 continue  # the baselines do not use ε_θ: the seeds' other models are the same G_φ
             d = w / f"s{s}" / kind
@@ -220,14 +257,13 @@ def main() -> int:
 
     log("6. tables and figures")
     with open(w / "RESULTS_tables.md", "w") as out:
-        code = subprocess.run([sys.executable, str(CONFIG.parent / "summarize.py"), str(w)], stdout=out,
-                              cwd=ROOT).returncode
+        code = subprocess.run([sys.executable, str(summarize), str(w)], stdout=out, cwd=ROOT).returncode
     if code:
         raise SystemExit("summarize.py failed")
-    evals = ",".join(str(w / f"s{seeds[0]}" / kind / "evaluation") for kind in ENSEMBLES)
+    evals = ",".join(str(w / f"s{seeds[0]}" / kind / "evaluation") for kind in ensembles)
     if (w / "plots").exists():
         shutil.rmtree(w / "plots")
-    run([DJ, "plot", *c, f"--evaluation={evals}", "--variables=refc,t2m,u10,z500",
+    run([DJ, "plot", *c, f"--evaluation={evals}", f"--variables={plan.plot_variables}",
          f"--forecasts={w / f's{seeds[0]}' / 'def' / 'forecasts'}", f"--out={w / 'plots'}"], w / "logs" / "plot.log")
     if gseeds[1:]:
         s0 = seeds[0]
@@ -242,7 +278,7 @@ def main() -> int:
                            w / "logs" / f"forecaster_g{g}.log"))
             d_jobs.append(([DJ, "train-diffusion", *c, f"--workdir={gw / f's{s0}'}", f"--config.seed={s0}"],
                            w / "logs" / f"diffusion_g{g}_s{s0}.log"))
-            for kind in ENSEMBLES:
+            for kind in ensembles:
                 d = gw / f"s{s0}" / kind
                 f_jobs.append(([DJ, "forecast", *c, f"--workdir={gw / f's{s0}'}", f"--config.seed={s0}",
                                 *setting_overrides(settings[kind]), f"--init={init_text}", f"--cycles={len(inits)}",
@@ -254,8 +290,7 @@ def main() -> int:
         for jobs in (g_jobs, d_jobs, f_jobs, e_jobs):  # the seeds side by side, one per core
             parallel(jobs, width)
         with open(w / "RESULTS_tables.md", "w") as out:
-            if subprocess.run([sys.executable, str(CONFIG.parent / "summarize.py"), str(w)], stdout=out,
-                              cwd=ROOT).returncode:
+            if subprocess.run([sys.executable, str(summarize), str(w)], stdout=out, cwd=ROOT).returncode:
                 raise SystemExit("summarize.py failed")
 
     log(f"done in {(time.time() - t0) / 60:.1f} min: {w / 'RESULTS_tables.md'}, {w / 'plots'}")

@@ -2,6 +2,10 @@
 
     .venv/bin/python experiments/ensemble_study/summarize.py runs/ensemble_study > RESULTS_tables.md
 
+What is tabled comes from ``W/study.json`` (written by run.py from its plan: ``leads`` in hours, ``variables`` as
+[name, level or null, units], ``storm`` {``variable``, ``threshold``} or null, ``spread_variables``, ``ensembles``);
+missing keys take the mini-HRRR study's values below.
+
 Every number pools the test cycles and the training seeds (each score computed per seed and averaged), with a 90 %
 percentile bootstrap interval over the cycles (1000 resamples of the cycles, the same resamples for every ensemble
 and seed, so comparisons pair: def_jax/evaluation/bootstrap.py). Consecutive cycles 18 h apart share weather, so the
@@ -24,8 +28,19 @@ ENSEMBLES = ("def", "gaussian", "correlated", "bred", "lagged")
 LEADS = (1, 3, 6, 12, 18, 24)
 VARIABLES = (("t2m", None, "K"), ("u10", None, "m/s"), ("refc", None, "dBZ"), ("cape", None, "J/kg"),
              ("z", 500.0, "gpm"), ("t", 850.0, "K"))
-THRESHOLD = 35.0
+STORM = {"variable": "refc", "threshold": 35.0}
+SPREAD_VARIABLES = (("t2m", None, "K"), ("z", 500.0, "gpm"), ("refc", None, "dBZ"))
 R, CONFIDENCE = 1000, 0.9
+
+
+def settings(w: Path) -> dict:
+    """What to table (module docstring): ``W/study.json`` over the mini-HRRR defaults."""
+    given = json.loads((w / "study.json").read_text()) if (w / "study.json").exists() else {}
+    out = {"leads": LEADS, "variables": VARIABLES, "storm": STORM, "spread_variables": SPREAD_VARIABLES,
+           "ensembles": ENSEMBLES} | given
+    for key in ("variables", "spread_variables"):
+        out[key] = [tuple(v) for v in out[key]]
+    return out
 
 
 def fmt(v: float, lo: float = np.nan, hi: float = np.nan, digits: int = 3) -> str:
@@ -44,11 +59,11 @@ def interval(samples: np.ndarray) -> tuple[float, float]:
 class Study:
     """The per-cycle statistics of every ensemble (seeds combined) and the shared resamples."""
 
-    def __init__(self, w: Path):
+    def __init__(self, w: Path, ensembles=ENSEMBLES):
         self.w = w
         self.seeds = sorted(int(p.name[1:]) for p in w.glob("s[0-9]*") if p.is_dir())
         self.stats = {}
-        for kind in ENSEMBLES:
+        for kind in ensembles:
             dirs = [w / f"s{s}" / kind / "evaluation" for s in self.seeds]
             dirs = [d for d in dirs if (d / "scores_by_cycle.csv").exists()]
             if dirs:
@@ -100,8 +115,8 @@ def binned(study: Study, kind: str, quantity: str, var: str, level, threshold=No
             "res": bootstrap.binned_sums(st, study.weights, quantity, kind, var, level, threshold)}
 
 
-def reliability_table(study: Study, kind: str) -> list[str]:
-    b = binned(study, kind, "reliability", "refc", None, THRESHOLD)
+def reliability_table(study: Study, kind: str, storm: dict) -> list[str]:
+    b = binned(study, kind, "reliability", storm["variable"], None, storm["threshold"])
     count = sum(p[0] for p in b["point"])
     fcst = sum(p[1] for p in b["point"]) / np.maximum(count, 1)
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
@@ -141,14 +156,15 @@ def spread_error_table(study: Study, kind: str, var: str, level) -> list[str]:
 
 def main() -> int:
     w = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/ensemble_study")
-    study = Study(w)
+    plan = settings(w)
+    study = Study(w, plan["ensembles"])
     kinds = list(study.stats)
     out = [f"# Ensemble study tables ({w})", "",
            f"{len(study.inits)} test cycles from {study.inits[0]} to {study.inits[-1]}, seeds {study.seeds}; "
            f"intervals: {int(CONFIDENCE * 100)} % bootstrap over cycles ({R} resamples, paired).", ""]
     chosen = w / "chosen_settings.json"
     if chosen.exists():
-        out += ["## Settings chosen on the validation week", "",
+        out += ["## Settings chosen on the validation period", "",
                 "| ensemble | walks K | scale | validation spread/skill | validation CRPS / det. MAE |",
                 "| --- | ---: | ---: | ---: | ---: |"]
         for kind, row in json.loads(chosen.read_text()).items():
@@ -156,7 +172,8 @@ def main() -> int:
                        f"{row['crps_over_deterministic_mae']:.3f} |")
         out.append("")
 
-    out += ["## All 73 channels: means over channels per lead", "",
+    n_channels = len({(v, lv) for v, lv, _ in study.stats[kinds[0]][0].slots})
+    out += [f"## All {n_channels} channels: means over channels per lead", "",
             "CRPS ÷ deterministic MAE and ensemble-mean RMSE ÷ deterministic RMSE (mean over channels; < 1: better "
             "than the single run), spread/skill (geometric mean over channels; 1: calibrated).", ""]
     for score, title in (("crps_over_deterministic_mae", "CRPS ÷ deterministic MAE"),
@@ -164,7 +181,7 @@ def main() -> int:
                          ("ssr", "spread/skill")):
         out += [f"**{title}**", "", "| lead (h) | " + " | ".join(kinds) + " |",
                 "| ---: | " + " | ".join("---:" for _ in kinds) + " |"]
-        for lead in LEADS:
+        for lead in plan["leads"]:
             cells = []
             for kind in kinds:
                 v = channel_means(study, kind, lead).get(score)
@@ -173,13 +190,13 @@ def main() -> int:
         out.append("")
 
     out += ["## Per variable", ""]
-    for var, level, units in VARIABLES:
+    for var, level, units in plan["variables"]:
         name = var + (f"{level:g}" if level is not None else "")
         out += [f"**{name}** ({units}): CRPS ÷ deterministic MAE, and spread/skill", "",
                 "| lead (h) | " + " | ".join(f"{k} CRPS/MAE" for k in kinds) + " | " +
                 " | ".join(f"{k} SSR" for k in kinds) + " |",
                 "| ---: | " + " | ".join("---:" for _ in range(2 * len(kinds))) + " |"]
-        for lead in LEADS:
+        for lead in plan["leads"]:
             cells = [[], []]
             for kind in kinds:
                 keys = [(kind, var, level, lead, "crps_over_deterministic_mae", None, None),
@@ -190,19 +207,37 @@ def main() -> int:
             out.append(f"| {lead} | " + " | ".join(cells[0] + cells[1]) + " |")
         out.append("")
 
-    out += [f"## Storms: P(REFC ≥ {THRESHOLD:g} dBZ)", "",
-            "Brier skill score against the training-period base rate (> 0: better than climatology), and the "
-            "fractions skill score at 1, 3 and 9 grid points (6, 18, 54 km).", "",
-            "| lead (h) | observed frequency | " + " | ".join(f"BSS {k}" for k in kinds) + " | BSS deterministic | "
-            + " | ".join(f"FSS {k} 1/3/9" for k in kinds) + " |",
-            "| ---: | ---: | " + " | ".join("---:" for _ in range(2 * len(kinds) + 1)) + " |"]
-    for lead in LEADS:
+    if plan["storm"]:
+        out += storm_tables(study, kinds, plan)
+    out += ["## Spread and error: RMSE of the ensemble mean in bins of predicted spread", "",
+            "All leads and seeds pooled; bins with ≥ 100 points; the predicted spread includes the factor "
+            "sqrt((M+1)/M), so a calibrated ensemble has RMSE ≈ spread in every bin.", ""]
+    for var, level, units in plan["spread_variables"]:
+        for kind in kinds:
+            name = var + (f"{level:g}" if level is not None else "")
+            out += [f"**{name}, {kind}** ({units})", ""] + spread_error_table(study, kind, var, level)
+    out += gphi_seed_table(w, plan)
+    print("\n".join(out))
+    return 0
+
+
+def storm_tables(study: Study, kinds: list, plan: dict) -> list[str]:
+    """Brier and fractions skill scores per lead, and each ensemble's reliability, of P(storm variable ≥ threshold).
+    """
+    var, threshold = plan["storm"]["variable"], float(plan["storm"]["threshold"])
+    out = [f"## Storms: P({var.upper()} ≥ {threshold:g} dBZ)", "",
+           "Brier skill score against the training-period base rate (> 0: better than climatology), and the "
+           "fractions skill score at 1, 3 and 9 grid points (6, 18, 54 km).", "",
+           "| lead (h) | observed frequency | " + " | ".join(f"BSS {k}" for k in kinds) + " | BSS deterministic | "
+           + " | ".join(f"FSS {k} 1/3/9" for k in kinds) + " |",
+           "| ---: | ---: | " + " | ".join("---:" for _ in range(2 * len(kinds) + 1)) + " |"]
+    for lead in plan["leads"]:
         bss, fss, freq, det = [], [], "–", "–"
         for kind in kinds:
-            keys = [(kind, "refc", None, lead, "bss", THRESHOLD, None),
-                    ("deterministic", "refc", None, lead, "bss", THRESHOLD, None),
-                    (kind, "refc", None, lead, "observed_frequency", THRESHOLD, None)]
-            keys += [(kind, "refc", None, lead, "fss", THRESHOLD, win) for win in (1, 3, 9)]
+            keys = [(kind, var, None, lead, "bss", threshold, None),
+                    ("deterministic", var, None, lead, "bss", threshold, None),
+                    (kind, var, None, lead, "observed_frequency", threshold, None)]
+            keys += [(kind, var, None, lead, "fss", threshold, win) for win in (1, 3, 9)]
             got = study.scores(kind, keys)
             k0 = keys[0]
             bss.append(fmt(got[k0][0], *interval(got[k0][1]), digits=2) if k0 in got else "–")
@@ -216,40 +251,32 @@ def main() -> int:
     out.append("")
 
     for kind in kinds:
-        out += [f"**Reliability of {kind}'s P(REFC ≥ {THRESHOLD:g} dBZ)**, all leads and seeds pooled", ""]
-        out += reliability_table(study, kind)
-    out += ["## Spread and error: RMSE of the ensemble mean in bins of predicted spread", "",
-            "All leads and seeds pooled; bins with ≥ 100 points; the predicted spread includes the factor "
-            "sqrt((M+1)/M), so a calibrated ensemble has RMSE ≈ spread in every bin.", ""]
-    for var, level, units in (("t2m", None, "K"), ("z", 500.0, "gpm"), ("refc", None, "dBZ")):
-        for kind in kinds:
-            name = var + (f"{level:g}" if level is not None else "")
-            out += [f"**{name}, {kind}** ({units})", ""] + spread_error_table(study, kind, var, level)
-    out += gphi_seed_table(w)
-    print("\n".join(out))
-    return 0
+        out += [f"**Reliability of {kind}'s P({var.upper()} ≥ {threshold:g} dBZ)**, all leads and seeds pooled", ""]
+        out += reliability_table(study, kind, plan["storm"])
+    return out
 
 
-def gphi_seed_table(w: Path) -> list[str]:
+def gphi_seed_table(w: Path, plan: dict) -> list[str]:
     """CRPS ÷ deterministic MAE per ensemble and lead for the study's G_φ and each further G_φ seed (run.py stage 7:
     ``W/gseed<g>``), with each lead's ranking: does the forecaster's training seed change which ensemble wins?"""
-    studies = {0: Study(w)} | {int(p.name[5:]): Study(p) for p in sorted(w.glob("gseed[0-9]*"))
-                                if any(p.glob("s*/*/evaluation/scores_by_cycle.csv"))}
+    ensembles = plan["ensembles"]
+    studies = {0: Study(w, ensembles)} | {int(p.name[5:]): Study(p, ensembles) for p in sorted(w.glob("gseed[0-9]*"))
+                                          if any(p.glob("s*/*/evaluation/scores_by_cycle.csv"))}
     if len(studies) < 2:
         return []
     out = ["## G_φ seeds: CRPS ÷ deterministic MAE and the ranking of the ensembles", "",
            "G_φ seed 0 is the study's (its ε_θ seeds pooled); every further seed has its own G_φ and one ε_θ (the first "
            "ε_θ seed) and runs every ensemble at the settings chosen with seed 0's models. Each seed on its own "
            "test cycles' scores (its deterministic run is its own G_φ's).", "",
-           "| lead (h) | G_φ seed | " + " | ".join(ENSEMBLES) + " | ranking (best first) |",
-           "| ---: | ---: | " + " | ".join("---:" for _ in ENSEMBLES) + " | --- |"]
-    for lead in LEADS:
+           "| lead (h) | G_φ seed | " + " | ".join(ensembles) + " | ranking (best first) |",
+           "| ---: | ---: | " + " | ".join("---:" for _ in ensembles) + " | --- |"]
+    for lead in plan["leads"]:
         for g, study in studies.items():
-            values = {k: channel_means(study, k, lead).get("crps_over_deterministic_mae") for k in ENSEMBLES
+            values = {k: channel_means(study, k, lead).get("crps_over_deterministic_mae") for k in ensembles
                       if k in study.stats}
             ranked = sorted((v[0], k) for k, v in values.items() if v)
             out.append(f"| {lead} | {g} | " + " | ".join(fmt(*values[k]) if values.get(k) else "–"
-                                                      for k in ENSEMBLES)
+                                                      for k in ensembles)
                        + " | " + " > ".join(k for _, k in ranked) + " |")
     return out + [""]
 
