@@ -18,6 +18,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -216,9 +217,45 @@ def main() -> int:
         for kind in kinds:
             name = var + (f"{level:g}" if level is not None else "")
             out += [f"**{name}, {kind}** ({units})", ""] + spread_error_table(study, kind, var, level)
+    out += ["## Rank histograms: the shares of the lowest and the highest rank", "",
+            "Counts of every seed and cycle pooled (evaluate's rank_histogram.csv; `plot` draws the whole histograms). "
+            "A calibrated ensemble of M members puts 1/(M+1) of the truths in each rank; larger end shares mean too "
+            "little spread (or a bias, when one end alone is large). RMS: the root-mean-square deviation of all "
+            "ranks' shares from 1/(M+1), divided by 1/(M+1).", ""]
+    for var, level, units in plan["spread_variables"]:
+        name = var + (f"{level:g}" if level is not None else "")
+        out += [f"**{name}** (% of the truths)", "",
+                "| lead (h) | 1/(M+1) | " + " | ".join(f"{k} lowest / highest / RMS" for k in kinds) + " |",
+                "| ---: | ---: | " + " | ".join("---:" for _ in kinds) + " |"]
+        for lead in plan["leads"]:
+            cells = [rank_shares(w, study.seeds, kind, var, level, lead) for kind in kinds]
+            uniform = next((u for _, u in filter(None, cells)), None)
+            if uniform is not None:
+                out.append(f"| {lead} | {100 * uniform:.1f} | " + " | ".join(c[0] if c else "–" for c in cells)
+                           + " |")
+        out.append("")
     out += gphi_seed_table(w, plan)
     print("\n".join(out))
     return 0
+
+
+def rank_shares(w: Path, seeds: list, kind: str, var: str, level, lead: int) -> Optional[tuple[str, float]]:
+    """("lowest % / highest % / RMS", 1/(M+1)) of the pooled rank histogram of ``kind`` (None if it has none at
+    ``lead``)."""
+    import pandas as pd
+
+    frames = [pd.read_csv(f) for s in seeds if (f := w / f"s{s}" / kind / "evaluation" / "rank_histogram.csv").exists()]
+    if not frames:
+        return None
+    df = pd.concat(frames)
+    df = df[(df.system == kind) & (df.variable == var) & (df.lead_hours == lead)
+            & ((df.level.isna()) if level is None else np.isclose(df.level, level))]
+    counts = df.groupby("rank")["count"].sum().to_numpy(np.float64)
+    if counts.sum() == 0:
+        return None
+    share, uniform = counts / counts.sum(), 1.0 / len(counts)
+    rms = np.sqrt(np.mean((share - uniform) ** 2)) / uniform
+    return f"{100 * share[0]:.1f} / {100 * share[-1]:.1f} / {rms:.2f}", uniform
 
 
 def storm_tables(study: Study, kinds: list, plan: dict) -> list[str]:
