@@ -51,10 +51,10 @@ class SamplerConfig:
         if self.x0_clip is not None and not self.x0_clip > 0:
             raise ValueError(f"x0_clip must be > 0 (or None); got {self.x0_clip}")
 
-    def solve(self, eps_fn: S.EpsFn, x_T: jax.Array, schedule: VPSchedule, key: jax.Array,
-              corrector: Optional[Callable] = None) -> jax.Array:
-        """The solver's sample at ``t_end`` from ``x_T`` (``key``: the stochastic solvers' PRNG key; ``corrector``:
-        a map applied after every update, :func:`~def_jax.diffusion.samplers.dpm_solver_pp`)."""
+    def solve(self, eps_fn: S.EpsFn, x_T: jax.Array, schedule: VPSchedule, key: jax.Array) -> jax.Array:
+        """The solver's sample at ``t_end`` from ``x_T`` (``key``: the stochastic solvers' PRNG key); DPM-Solver++'s
+        also takes ``corrector``, a map applied after every update (:func:`~def_jax.diffusion.samplers.dpm_solver_pp`).
+        """
         raise NotImplementedError
 
     def sampler(self, corrector: Optional[Callable] = None) -> Sampler:

@@ -111,7 +111,6 @@ def _run_singlestep(eps_fn, schedule, x, outer_ts, orders: list[int], corrector=
     previous step if g starts a new one (x_start ← A x_start + Σ B m; identity otherwise), then evaluates its stage.
     ``corrector`` (x → x, or None) is applied to the state at the end of every step.
     """
-    correct = corrector if corrector is not None else (lambda v: v)
     k_steps = len(orders)
     s, t = outer_ts[:-1], outer_ts[1:]
     # Coefficients of every step at every order present, then pick each step's own order.
@@ -153,7 +152,8 @@ def _run_singlestep(eps_fn, schedule, x, outer_ts, orders: list[int], corrector=
 
     buf0 = jnp.zeros((3,) + x.shape, x.dtype)
     (x_start, buf), _ = jax.lax.scan(stage, (x, buf0), inputs)
-    return correct(_combine(coef["A"][-1], coef["B"][-1], x_start, buf))
+    x = _combine(coef["A"][-1], coef["B"][-1], x_start, buf)
+    return x if corrector is None else corrector(x)
 
 
 def _finish(eps_fn, schedule, x, t_end, denoise_to_zero: bool):

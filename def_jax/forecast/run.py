@@ -71,11 +71,10 @@ def _forecast_fn(models: Models, f_params) -> Optional[Callable]:
     return lambda s, f, tf, st: g(s, f, tf, st)
 
 
-def build_program(spec: RolloutSpec, models: Models, cfg: Any) -> Callable:
-    """The jitted rollout for ``spec``: ``program(f_params, d_params, states, member_ids, base_key, step0, forcings,
-    time_features, statics, scale, amplitude) -> (states, outputs)``."""
+def build_program(spec: RolloutSpec, models: Models, cfg: Any, sample: Callable) -> Callable:
+    """The jitted rollout for ``spec`` with the sampler ``sample``: ``program(f_params, d_params, states, member_ids,
+    base_key, step0, forcings, time_features, statics, scale, amplitude) -> (states, outputs)``."""
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_steps)
-    sample = sampler_from_config(cfg.sampler, standardize_fields if cfg.ensemble.corrector else None)
     d_graphdef = models.denoiser[0] if models.denoiser else None
 
     def program(f_params, d_params, states, member_ids, base_key, step0, forcings, time_features, statics, scale,
@@ -121,9 +120,10 @@ class Forecaster:
             raise UserError("config.ensemble.corrector: the corrector re-standardizes each sample's fields, which "
                             "belongs to per-sample normalization (--config.data.normalization=per_sample); set it to "
                             "False")
-        if cfg.ensemble.corrector and cfg.sampler.name != "dpm_solver_pp":
-            raise UserError(f"config.ensemble.corrector: the {cfg.sampler.name} sampler has no corrector; use "
-                            f"--config.sampler.name=dpm_solver_pp")
+        try:  # the sampler's own check: only DPM-Solver++ takes the corrector
+            self.sample = sampler_from_config(cfg.sampler, standardize_fields if cfg.ensemble.corrector else None)
+        except ValueError as err:
+            raise UserError(f"config.sampler: {err}") from None
         self.cfg, self.log = cfg, log
         self.ensemble = Ensemble.from_config(cfg)
         if per_sample and self.ensemble.kind not in ("def", "direct"):
@@ -180,7 +180,7 @@ class Forecaster:
     def program(self, lead_steps: int, deterministic: bool, ensemble: Optional[Ensemble] = None) -> Callable:
         spec = self._spec(ensemble or self.ensemble, lead_steps, deterministic)
         if spec not in self._programs:
-            self._programs[spec] = build_program(spec, self.models, self.cfg)
+            self._programs[spec] = build_program(spec, self.models, self.cfg, self.sample)
         return self._programs[spec]
 
     def initial_program(self, ensemble: Ensemble) -> tuple[InitialSpec, Callable]:

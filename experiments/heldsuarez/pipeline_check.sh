@@ -34,7 +34,8 @@ $T train-diffusion "${P[@]}"
 $T forecast "${P[@]}" --init=2000-02-05T00 --cycles=2 --every=24
 $T evaluate "${P[@]}"
 .venv/bin/python - "$D/run_per_sample" "$D/hs.zarr" <<'EOF'
-"""The per-sample forecast files: their normalization attribute, finite values, the initial state's z500 level."""
+"""The per-sample forecast files: their normalization attribute, finite values, and every member's z500 spatial mean
+at every lead equal to the initial state's (the leads are converted with the initial statistics)."""
 import sys
 from pathlib import Path
 
@@ -52,6 +53,7 @@ for path in files:
     assert np.isfinite(z).all()
     init = np.datetime64(ds.attrs["init_time_iso"])
     z0 = float(truth["z"].sel(time=init, level=500.0).mean())
+    np.testing.assert_allclose(z.mean(axis=(-2, -1)), z0, rtol=1e-5)  # [lead, member]
     print(f"{path.name}: z500 spatial mean {z0:.0f} at the initial time, {z.mean():.0f} over the forecast "
           f"(per-sample: the initial mean persisted), member spread {z.std(axis=1).mean():.1f}")
 EOF
