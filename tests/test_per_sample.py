@@ -1,11 +1,12 @@
 """Per-sample normalization at forecast time (the DEF authors' setting, docs/FORECASTS.md): the initial state's own
-statistics convert the forecast back to physical units, every state fed back into G_φ is standardized over space,
-and the corrector standardizes each solver update."""
+statistics convert the forecast back to physical units, every state fed back into G_φ is standardized over space (in
+the forecast and in G_φ's k-step training loss), and the corrector standardizes each solver update."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from tiny_config import forecast_config
 
 from def_jax.data.normalization import standardize_fields
@@ -16,6 +17,7 @@ from def_jax.errors import UserError
 from def_jax.forecast.inputs import ForecastInputs
 from def_jax.forecast.rollout import RolloutSpec, make_rollout
 from def_jax.forecast.run import forecast
+from def_jax.training.objectives import forecaster_objective
 
 SCHEDULE = make_schedule("cosine", 1000)
 INIT = np.datetime64("2024-06-02T16", "ns")
@@ -122,3 +124,38 @@ def test_per_sample_forecast_settings_are_checked_first(mini_store, tmp_path):
         with pytest.raises(UserError, match=message):
             forecast(cfg, tmp_path / "empty", tmp_path, [INIT], log=lambda m: None)
     assert not list(tmp_path.glob("*.nc"))
+
+
+class AffineForecaster(nnx.Module):
+    """G_φ(X) = a·X_newest + 5: a real nnx module with one parameter, so the objective's merge and rollout run."""
+
+    def __init__(self):
+        self.a = nnx.Param(jnp.float32(2.0))
+
+    def __call__(self, states, forcings, time_features, statics, *, deterministic, rngs=None):
+        return self.a[...] * states[:, -1] + 5.0
+
+
+def test_the_k_step_loss_restandardizes_what_it_feeds_back():
+    """The 2-step loss of an affine G_φ against a float64 NumPy derivation: with per-sample normalization the second
+    step starts from the first prediction standardized over space (as the forecast's rollout), without it from the
+    prediction itself."""
+    graphdef, params = nnx.split(AffineForecaster(), nnx.Param)
+    rng = np.random.default_rng(1)
+    x = rng.normal(1.0, 2.0, size=(2, 1, 8, 6, 3))  # [B, k, H, W, C]
+    targets = rng.normal(size=(2, 2, 8, 6, 3))  # [B, n, H, W, C]
+    batch = dict(inputs=jnp.asarray(x, jnp.float32), targets=jnp.asarray(targets, jnp.float32),
+                 forcings=jnp.zeros((2, 3, 8, 6, 0)), time_features=jnp.zeros((2, 3, 0)),
+                 statics=jnp.zeros((2, 8, 6, 0)))
+
+    def standardized(f):  # [B, H, W, C] over (H, W), population std
+        return (f - f.mean(axis=(1, 2), keepdims=True)) / f.std(axis=(1, 2), keepdims=True)
+
+    first = 2.0 * x[:, -1] + 5.0
+    for restandardize in (False, True):
+        second = 2.0 * (standardized(first) if restandardize else first) + 5.0
+        expected = (np.mean((first - targets[:, 0]) ** 2) + np.mean((second - targets[:, 1]) ** 2)) / 2
+        loss_fn = forecaster_objective(graphdef, rollout_steps=2, discount=1.0, deterministic=True,
+                                       restandardize=restandardize)
+        loss, _ = loss_fn(params, batch, jax.random.key(0), None)
+        np.testing.assert_allclose(float(loss), expected, rtol=1e-5, err_msg=f"restandardize={restandardize}")

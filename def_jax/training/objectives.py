@@ -2,7 +2,8 @@
 
 * :func:`forecaster_objective` -- MSE in normalized space, optionally weighted per channel and per grid cell (area),
   over a k-step autoregressive rollout with discount γ (DEF_METHOD §3; the authors: k = 4, γ = 0.99):
-  L = Σ_j γ^j MSE_j / Σ_j γ^j, the rollout feeding each prediction back as the newest input state.
+  L = Σ_j γ^j MSE_j / Σ_j γ^j, the rollout feeding each prediction back as the newest input state (with per-sample
+  normalization, standardized over space first, as the forecast's rollout does: ``restandardize``).
 * :func:`def_denoiser_objective` -- DEF's "random advancement" with classifier-free guidance dropout (DEF_METHOD §4):
   null ~ B(p_uncond); adv ~ B(p_advance) ∧ ¬null; x0 = G_φ(X) (no gradient) if adv else X; c = 0 if null else x0;
   L = ‖ε_θ(√ᾱ_τ x0 + √(1−ᾱ_τ) ε, τ, c) − ε‖², τ ~ U{1..T}.
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from def_jax.data.normalization import standardize_fields
 from def_jax.diffusion import losses
 from def_jax.diffusion.schedules import VPSchedule
 from def_jax.models.networks import def_condition, direct_condition
@@ -52,8 +54,11 @@ def forecast_step(model, states: jax.Array, batch: dict, j: int | jax.Array, *, 
 
 
 def forecaster_objective(graphdef: nnx.GraphDef, *, rollout_steps: int, discount: float,
-                         channel_weights: Optional[jax.Array] = None, deterministic: bool = False):
-    """The k-step rollout loss of G_φ (see the module docstring). Aux: ``mse_step1``, the one-step MSE."""
+                         channel_weights: Optional[jax.Array] = None, deterministic: bool = False,
+                         restandardize: bool = False):
+    """The k-step rollout loss of G_φ (see the module docstring). Aux: ``mse_step1``, the one-step MSE.
+    ``restandardize``: each prediction is standardized over (H, W) per sample and channel before it is fed back
+    (per-sample normalization, where the targets are standardized fields)."""
 
     def loss_fn(params, batch, key, frozen):
         model = nnx.merge(graphdef, params)
@@ -66,7 +71,8 @@ def forecaster_objective(graphdef: nnx.GraphDef, *, rollout_steps: int, discount
             pred = forecast_step(model, states, batch, j, deterministic=deterministic,
                                  rngs=jax.random.fold_in(key, j))  # [B, H, W, C]
             errs.append(weighted_mse(pred, batch["targets"][:, j], channel_weights, area))
-            states = jnp.concatenate([states[:, 1:], pred[:, None]], axis=1)
+            carried = standardize_fields(pred) if restandardize else pred  # [B, H, W, C]
+            states = jnp.concatenate([states[:, 1:], carried[:, None]], axis=1)
         errs = jnp.stack(errs)  # [n]
         gamma = discount ** jnp.arange(rollout_steps, dtype=jnp.float32)
         return jnp.sum(gamma * errs) / jnp.sum(gamma), {"mse_step1": errs[0]}

@@ -43,7 +43,8 @@ def training_objective(kind: str, cfg: Any, graphdef: nnx.GraphDef, forecaster_g
     if kind == "forecaster":
         return objectives.forecaster_objective(graphdef, rollout_steps=rollout_steps,
                                                discount=float(cfg.training.forecaster.rollout_discount),
-                                               channel_weights=channel_weights, deterministic=deterministic)
+                                               channel_weights=channel_weights, deterministic=deterministic,
+                                               restandardize=cfg.data.normalization == "per_sample")
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_steps)
     if cfg.diffusion.mode == "direct":
         return objectives.direct_denoiser_objective(
