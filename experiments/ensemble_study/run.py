@@ -9,8 +9,10 @@ interruption. Stages, with WORKDIR = W:
 1. the world: ``synth`` (eight weeks of the convective mini-HRRR), ``prepare``, ``stats`` → ``W/mini_hrrr.zarr``;
 2. G_φ, shared by every ensemble: ``train-forecaster`` → ``W/g/forecaster``;
 3. ε_θ for each seed: ``train-diffusion --config.seed=S`` → ``W/sS/diffusion`` (the seeds' G_φ is ``W/g``'s), then
-   ``check-denoiser`` → ``W/sS/check_denoiser``;
-4. tuning on the validation week with seed 0's models, beside the training of the seeds beyond the first JOBS:
+   ``check-denoiser`` → ``W/sS/check_denoiser``; an ε_θ that trains without G_φ (unconditional DEF) trains beside
+   it, else after it;
+4. tuning on the validation week with seed 0's models, beside the training of the other seeds (each job starts when
+   a core is free and the models it uses are trained):
    ``tune`` for DEF (λ at K = 1) and for each baseline (its amplitude, or the lag), by CRPS (config.py) →
    ``W/tuning/<ensemble>/tuning.csv``; the chosen settings apply to every seed and are written to
    ``W/chosen_settings.json``, whose entries stand for any ensemble whose tuning table was removed;
@@ -72,14 +74,22 @@ def run(args: list[str], logfile: Path, core: int | None = None) -> None:
         raise SystemExit(f"failed ({code}): {' '.join(args)} — see {logfile}")
 
 
-def parallel(jobs: list[tuple[list[str], Path]], width: int) -> None:
-    """Run ``jobs`` (args, logfile) ``width`` at a time, each pinned to its own core."""
+def parallel(jobs: list[tuple], width: int) -> None:
+    """Run ``jobs`` ``width`` at a time, each pinned to its own core. A job is (args, logfile) or (args, logfile,
+    needs): ``needs`` are the indices of jobs of the same list that must have finished before it starts; a free core
+    takes the first queued job whose needs are met."""
     cores = list(range(width))
-    running: list[tuple[subprocess.Popen, int, tuple]] = []
-    queue = list(jobs)
+    running: list[tuple[subprocess.Popen, int, int, object]] = []
+    queue = list(range(len(jobs)))
+    done: set[int] = set()
     while queue or running:
-        while queue and cores:
-            args, logfile = queue.pop(0)
+        while cores:
+            ready = [i for i in queue if set(jobs[i][2] if len(jobs[i]) > 2 else ()) <= done]
+            if not ready:
+                break
+            i = ready[0]
+            queue.remove(i)
+            args, logfile = jobs[i][:2]
             core = cores.pop(0)
             logfile.parent.mkdir(parents=True, exist_ok=True)
             out = open(logfile, "a")
@@ -87,20 +97,23 @@ def parallel(jobs: list[tuple[list[str], Path]], width: int) -> None:
             out.flush()
             proc = subprocess.Popen(["taskset", "-c", str(core)] + args, stdout=out, stderr=subprocess.STDOUT,
                                     cwd=ROOT)
-            running.append((proc, core, (args, logfile, out)))
+            running.append((proc, core, i, out))
+        if not running:
+            raise SystemExit(f"jobs {queue} wait for jobs that never run")
         time.sleep(2)
         for item in list(running):
-            proc, core, (args, logfile, out) = item
+            proc, core, i, out = item
             if proc.poll() is None:
                 continue
             out.close()
             running.remove(item)
             cores.append(core)
             if proc.returncode:
-                for other, _, (_, _, o) in running:
+                for other, _, _, o in running:
                     other.terminate()
                     o.close()
-                raise SystemExit(f"failed ({proc.returncode}): {' '.join(args)} — see {logfile}")
+                raise SystemExit(f"failed ({proc.returncode}): {' '.join(jobs[i][0])} — see {jobs[i][1]}")
+            done.add(i)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,10 +198,16 @@ def run_study(plan: Plan) -> int:
     log("1. the world")
     plan.world(w, c)
 
-    log("2. G_φ")
-    run([DJ, "train-forecaster", *c, f"--workdir={w / 'g'}"], w / "logs" / "forecaster.log")
+    from def_jax.training.run import needs_forecaster
 
-    log(f"3. ε_θ for seeds {seeds}, and 4. tuning on the validation week (seed 0's models)")
+    forecaster = ([DJ, "train-forecaster", *c, f"--workdir={w / 'g'}"], w / "logs" / "forecaster.log")
+    beside = not needs_forecaster(study_config(plan, w))  # ε_θ trains without G_φ: side by side
+    if beside:
+        log(f"2. G_φ, and 3. ε_θ for seeds {seeds} beside it; 4. tuning on the validation period (seed 0's models)")
+    else:
+        log("2. G_φ")
+        run(*forecaster)
+        log(f"3. ε_θ for seeds {seeds}, and 4. tuning on the validation period (seed 0's models)")
 
     def training(s: int) -> tuple[list[str], Path]:
         sw = w / f"s{s}"
@@ -212,12 +231,16 @@ def run_study(plan: Plan) -> int:
         if "walks" in grid:
             args.append(f"--walks={grid['walks']}")
         tuning.append((args, w / "logs" / f"tune_{kind}.log"))
+    pending_checks = [s for s in seeds if not (w / f"s{s}" / "check_denoiser" / "denoiser_check.json").exists()]
     checks = [([DJ, "check-denoiser", *c, f"--workdir={w / f's{s}'}", f"--config.seed={s}"],
-               w / "logs" / f"check_s{s}.log") for s in seeds
-              if not (w / f"s{s}" / "check_denoiser" / "denoiser_check.json").exists()]
-    # the first `width` seeds train side by side; the remaining seeds train while the others tune on seed 0's models
-    parallel([training(s) for s in seeds[:width]], width)
-    parallel([training(s) for s in seeds[width:]] + tuning + checks, width)
+               w / "logs" / f"check_s{s}.log") for s in pending_checks]
+    # the seeds train (beside G_φ when ε_θ does not need it); the tuning on seed 0's models and the checks start as
+    # soon as G_φ and the ε_θ they use are trained, while the other seeds train
+    trainings = ([forecaster] if beside else []) + [training(s) for s in seeds]
+    g = [0] if beside else []
+    seed_job = {s: len(g) + n for n, s in enumerate(seeds)}
+    parallel(trainings + [(*job, (*g, seed_job[seeds[0]])) for job in tuning]
+             + [(*job, (*g, seed_job[s])) for s, job in zip(pending_checks, checks)], width)
     criterion = str(study_config(plan, w).tuning.criterion)
     settings = {kind: chosen(w / "tuning" / kind / "tuning.csv", criterion)
                 if (w / "tuning" / kind / "tuning.csv").exists() else earlier[kind] for kind in ensembles}

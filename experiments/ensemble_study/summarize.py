@@ -72,11 +72,14 @@ class Study:
         inits = {k: tuple(v[0].inits) for k, v in self.stats.items()}
         common = sorted(set.intersection(*(set(i) for i in inits.values())))
         self.stats = {k: [s.take(common) for s in v] for k, v in self.stats.items()}
+        # an ensemble's label is its folder; the system its evaluation scores (e.g. folder gaussian_matched holds
+        # system gaussian) is the one ensemble system there
+        self.system = {k: ensemble_system(v[0].members, k) for k, v in self.stats.items()}
         self.inits = np.asarray(common)
         n = len(common)
         self.point = np.ones((1, n))
         self.weights = bootstrap.resample_counts(n, R, seed=0)
-        self.members = {k: v[0].members.get(k) for k, v in self.stats.items()}
+        self.members = {k: v[0].members[self.system[k]] for k, v in self.stats.items()}
         self.pooled: dict[str, tuple[dict, dict]] = {}
 
     def scores(self, kind: str, keys: list) -> dict:
@@ -88,13 +91,22 @@ class Study:
         return {k: (float(point[k][0]), res[k]) for k in keys if k in point}
 
 
+def ensemble_system(members: dict, label: str) -> str:
+    """The ensemble system of an evaluation whose ``members`` maps ensemble systems to member counts."""
+    if label in members:
+        return label
+    if len(members) != 1:
+        raise SystemExit(f"{label}: expected one ensemble system in its evaluation, found {sorted(members)}")
+    return next(iter(members))
+
+
 def channel_means(study: Study, kind: str, lead: int) -> dict:
     """Means over all state channels at ``lead`` of CRPS/MAE_det and RMSE/RMSE_det, geometric mean of SSR."""
     slots = [s for s in study.stats[kind][0].slots if s[2] == lead]
     out = {}
     for score, agg in (("crps_over_deterministic_mae", "mean"), ("rmse_over_deterministic_rmse", "mean"),
                        ("ssr", "gmean")):
-        keys = [(kind, v, lv, ld, score, None, None) for v, lv, ld in slots]
+        keys = [(study.system[kind], v, lv, ld, score, None, None) for v, lv, ld in slots]
         got = study.scores(kind, keys)
         if not got:
             continue
@@ -112,8 +124,9 @@ def channel_means(study: Study, kind: str, lead: int) -> dict:
 def binned(study: Study, kind: str, quantity: str, var: str, level, threshold=None) -> dict:
     """A binned quantity pooled over every lead, per seed: point sums [comp, bins] and resampled [R, comp, bins]."""
     st = study.stats[kind]
-    return {"point": [p[0] for p in bootstrap.binned_sums(st, study.point, quantity, kind, var, level, threshold)],
-            "res": bootstrap.binned_sums(st, study.weights, quantity, kind, var, level, threshold)}
+    system = study.system[kind]
+    return {"point": [p[0] for p in bootstrap.binned_sums(st, study.point, quantity, system, var, level, threshold)],
+            "res": bootstrap.binned_sums(st, study.weights, quantity, system, var, level, threshold)}
 
 
 def reliability_table(study: Study, kind: str, storm: dict) -> list[str]:
@@ -200,8 +213,8 @@ def main() -> int:
         for lead in plan["leads"]:
             cells = [[], []]
             for kind in kinds:
-                keys = [(kind, var, level, lead, "crps_over_deterministic_mae", None, None),
-                        (kind, var, level, lead, "ssr", None, None)]
+                keys = [(study.system[kind], var, level, lead, "crps_over_deterministic_mae", None, None),
+                        (study.system[kind], var, level, lead, "ssr", None, None)]
                 got = study.scores(kind, keys)
                 for i, k in enumerate(keys):
                     cells[i].append(fmt(got[k][0], *interval(got[k][1])) if k in got else "–")
@@ -228,7 +241,7 @@ def main() -> int:
                 "| lead (h) | 1/(M+1) | " + " | ".join(f"{k} lowest / highest / RMS" for k in kinds) + " |",
                 "| ---: | ---: | " + " | ".join("---:" for _ in kinds) + " |"]
         for lead in plan["leads"]:
-            cells = [rank_shares(w, study.seeds, kind, var, level, lead) for kind in kinds]
+            cells = [rank_shares(w, study.seeds, kind, study.system[kind], var, level, lead) for kind in kinds]
             uniform = next((u for _, u in filter(None, cells)), None)
             if uniform is not None:
                 out.append(f"| {lead} | {100 * uniform:.1f} | " + " | ".join(c[0] if c else "–" for c in cells)
@@ -239,16 +252,17 @@ def main() -> int:
     return 0
 
 
-def rank_shares(w: Path, seeds: list, kind: str, var: str, level, lead: int) -> Optional[tuple[str, float]]:
-    """("lowest % / highest % / RMS", 1/(M+1)) of the pooled rank histogram of ``kind`` (None if it has none at
-    ``lead``)."""
+def rank_shares(w: Path, seeds: list, kind: str, system: str, var: str, level,
+                lead: int) -> Optional[tuple[str, float]]:
+    """("lowest % / highest % / RMS", 1/(M+1)) of the pooled rank histogram of ensemble ``kind`` (its folder; the
+    ensemble system ``system``; None if it has none at ``lead``)."""
     import pandas as pd
 
     frames = [pd.read_csv(f) for s in seeds if (f := w / f"s{s}" / kind / "evaluation" / "rank_histogram.csv").exists()]
     if not frames:
         return None
     df = pd.concat(frames)
-    df = df[(df.system == kind) & (df.variable == var) & (df.lead_hours == lead)
+    df = df[(df.system == system) & (df.variable == var) & (df.lead_hours == lead)
             & ((df.level.isna()) if level is None else np.isclose(df.level, level))]
     counts = df.groupby("rank")["count"].sum().to_numpy(np.float64)
     if counts.sum() == 0:
@@ -271,10 +285,11 @@ def storm_tables(study: Study, kinds: list, plan: dict) -> list[str]:
     for lead in plan["leads"]:
         bss, fss, freq, det = [], [], "–", "–"
         for kind in kinds:
-            keys = [(kind, var, None, lead, "bss", threshold, None),
+            system = study.system[kind]
+            keys = [(system, var, None, lead, "bss", threshold, None),
                     ("deterministic", var, None, lead, "bss", threshold, None),
-                    (kind, var, None, lead, "observed_frequency", threshold, None)]
-            keys += [(kind, var, None, lead, "fss", threshold, win) for win in (1, 3, 9)]
+                    (system, var, None, lead, "observed_frequency", threshold, None)]
+            keys += [(system, var, None, lead, "fss", threshold, win) for win in (1, 3, 9)]
             got = study.scores(kind, keys)
             k0 = keys[0]
             bss.append(fmt(got[k0][0], *interval(got[k0][1]), digits=2) if k0 in got else "–")

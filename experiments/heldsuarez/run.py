@@ -10,11 +10,19 @@ for every study: ``synth --world=held-suarez`` (two years after a 200-day spin-u
 ``data/held_suarez.nc``, then ``prepare --from-xarray`` and ``stats`` → ``data/heldsuarez.zarr``. Test cycles start
 ``EVERY`` hours apart (default 204: 8.5 days, so that the initial times go round 00, 06, 12 and 18 UTC; 21 cycles of
 10 days fit the test half-year). Environment as in ensemble_study: SEEDS, GSEEDS, EVERY, JOBS.
+
+After the ensemble study's stages, a last stage compares DEF with the Gaussian baseline at DEF's spread rather than
+at its own best CRPS (:func:`matched_gaussian` → ``W/s0/gaussian_matched``, ``W/matched_spread.json``), and
+``references.py`` tables the ensemble mean against the climatology and a damped run.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -58,5 +66,85 @@ PLAN = study.Plan(config=ROOT / "experiments" / "heldsuarez" / "config.py", worl
                   tune_flags=("--every=102", "--max_cycles=4"), plot_variables="z500,t850,u250",
                   every=204, default_workdir="runs/heldsuarez_study", summary=SUMMARY)
 
+def spread_ratio(scores_csv: Path, reference_csv: Path) -> float:
+    """The geometric mean over state channels and leads of one ensemble's validation spread over another's (the
+    ``spread`` rows of two ``scores.csv``)."""
+    import numpy as np
+    import pandas as pd
+
+    from def_jax.evaluation.tables import ENSEMBLES
+
+    def spreads(path: Path):
+        df = pd.read_csv(path)
+        df = df[df.system.isin(ENSEMBLES) & (df.score == "spread")]
+        return df.set_index(["variable", "level", "lead_hours"]).value
+
+    ratio = (spreads(scores_csv) / spreads(reference_csv)).replace([np.inf, -np.inf], np.nan).dropna()
+    ratio = ratio[ratio > 0]
+    if ratio.empty:
+        raise SystemExit(f"{scores_csv} and {reference_csv}: no common spread to compare")
+    return float(np.exp(np.log(ratio).mean()))
+
+
+def matched_gaussian(w: Path, every: int, seeds: list[int]) -> None:
+    """DEF against the Gaussian baseline at DEF's spread (issue 18): the amplitude at which the Gaussian ensemble's
+    validation spread equals that of DEF's chosen setting (geometric mean over channels and leads of the ratio,
+    interpolated in log amplitude between the tuning grid's points, extrapolated at spread ∝ amplitude beyond it),
+    forecast over the test cycles (seed 0) → ``W/s0/gaussian_matched``, evaluated, and tabled by summarize.py."""
+    import numpy as np
+
+    from def_jax.tuning import setting_tag
+
+    settings = json.loads((w / "chosen_settings.json").read_text())
+    d = settings["def"]
+    ref = w / "tuning" / "def" / setting_tag("def", int(d["walks"]), float(d["scale"])) / "evaluation" / "scores.csv"
+    scales = [float(x) for x in GRIDS["gaussian"]["scales"].split(",")]
+    ratios = [spread_ratio(w / "tuning" / "gaussian" / setting_tag("gaussian", 0, a) / "evaluation" / "scores.csv", ref)
+              for a in scales]
+    la, lr = np.log(scales), np.log(ratios)
+    if lr[0] <= 0 <= lr[-1]:
+        amplitude = float(np.exp(np.interp(0.0, lr, la)))
+    else:  # beyond the grid: spread ∝ amplitude from the nearest end
+        end = 0 if lr[0] > 0 else -1
+        amplitude = float(np.exp(la[end] - lr[end]))
+    record = {"amplitude": amplitude, "def_setting": {"scale": d["scale"], "walks": d["walks"]},
+              "grid": dict(zip(map(str, scales), ratios))}
+    (w / "matched_spread.json").write_text(json.dumps(record, indent=1) + "\n")
+    study.log(f"last stage: gaussian at DEF's validation spread: amplitude {amplitude:.3g} (spread ÷ DEF's over the "
+              "grid " + ", ".join(f"{a:g}: {r:.2f}" for a, r in zip(scales, ratios)) + ")")
+    cfg = study.study_config(PLAN, w)
+    from def_jax.data.schema import parse_period
+
+    start, end = parse_period(cfg.data.test_period, "test_period")
+    lead = np.timedelta64(int(cfg.ensemble.lead_hours), "h")
+    cycles = int((end - lead - start) // np.timedelta64(every, "h")) + 1
+    init = np.datetime_as_string(np.datetime64(start, "h"), unit="h")
+    s0, out = w / f"s{seeds[0]}", w / f"s{seeds[0]}" / "gaussian_matched"
+    c = [f"--config={PLAN.config}:{w}", *shlex.split(os.environ.get("STUDY_FLAGS", ""))]
+    study.run([study.DJ, "forecast", *c, f"--workdir={s0}", f"--config.seed={seeds[0]}",
+               "--config.ensemble.perturbation=gaussian", f"--config.ensemble.perturbation_scale={amplitude:.6g}",
+               f"--init={init}", f"--cycles={cycles}", f"--every={every}", f"--out={out / 'forecasts'}"],
+              w / "logs" / "forecast_gaussian_matched.log")
+    if not (out / "evaluation" / "scores.csv").exists():
+        study.run([study.DJ, "evaluate", *c, f"--forecasts={out / 'forecasts'}", f"--out={out / 'evaluation'}"],
+                  w / "logs" / "evaluate_gaussian_matched.log")
+    plan = json.loads((w / "study.json").read_text())
+    plan["ensembles"] = [*PLAN.ensembles, "gaussian_matched"]
+    (w / "study.json").write_text(json.dumps(plan, indent=1) + "\n")
+    with open(w / "RESULTS_tables.md", "w") as f:
+        if subprocess.run([sys.executable, str(study.CONFIG.parent / "summarize.py"), str(w)], stdout=f,
+                          cwd=ROOT).returncode:
+            raise SystemExit("summarize.py failed")
+
+
+def main() -> int:
+    code = study.run_study(PLAN)
+    w = Path(sys.argv[1] if len(sys.argv) > 1 else PLAN.default_workdir).absolute()
+    matched_gaussian(w, int(os.environ.get("EVERY", str(PLAN.every))),
+                     [int(s) for s in os.environ.get("SEEDS", "0 1 2").split()])
+    study.log(f"done: {w / 'RESULTS_tables.md'}")
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(study.run_study(PLAN))
+    sys.exit(main())
