@@ -216,6 +216,8 @@ def _base() -> ml_collections.ConfigDict:
     c.evaluation.cape_thresholds = (500.0, 1000.0, 2000.0)  # J/kg
     c.evaluation.fss_windows = (1, 3, 9)  # neighbourhood sizes (grid points)
     c.evaluation.area_weighting = "uniform"  # uniform | map_factor (Lambert) | coslat (lat-lon)
+    # score only these state channels, named as the catalogue names them (z500, t850, sp); () = every state channel
+    c.evaluation.channels = ()
     # Percentile bootstrap intervals over forecast cycles (value_low/value_high in the tables): resamples of the
     # cycles (0 = no intervals), their confidence, and the seed of the resamples (the same for every system and score)
     c.evaluation.bootstrap_samples = 1000

@@ -527,3 +527,26 @@ def test_bad_scores_by_cycle_are_named(bootstrap_evaluation, tmp_path):
     (tmp_path / "scores_by_cycle.csv").write_text(text.replace("init_time", "init", 1))
     with pytest.raises(UserError, match=r"scores_by_cycle.csv: missing column 'init_time'"):
         read_scores_by_cycle([tmp_path])
+
+
+def test_evaluation_channels_score_only_the_named_channels(store, tmp_path):
+    """``evaluation.channels``: the rows of the named channels equal those of a full evaluation, no other channel is
+    scored, and a name the store does not have is refused with the list of its channels."""
+    rng = np.random.default_rng(3)
+    members = {v: a + rng.normal(0.0, 0.5, a.shape).astype(np.float32)
+               for v, a in perfect_members(store, INITS[0])[0].items()}
+    path = write_forecast(tmp_path / "f.nc", store, INITS[0], LEADS, members)
+    evaluate([path], store, tmp_path / "all", config=eval_config(), log=QUIET)
+    cfg = eval_config()
+    cfg.evaluation.channels = ("t850",)
+    evaluate([path], store, tmp_path / "t850", config=cfg, log=QUIET)
+    _, full = read_csv(tmp_path / "all" / "scores.csv")
+    _, some = read_csv(tmp_path / "t850" / "scores.csv")
+    assert {(r["variable"], r["level"]) for r in some} == {("t", "850")}
+    keys = ("system", "lead_hours", "score", "threshold", "window")
+    expected = {tuple(r[k] for k in keys): r["value"] for r in full if (r["variable"], r["level"]) == ("t", "850")}
+    assert {tuple(r[k] for k in keys): r["value"] for r in some} == expected
+    cfg.evaluation.channels = ("t850", "z500")
+    with pytest.raises(UserError, match=r"evaluation.channels: z500 not among the store's state channels \(refc, "
+                                        r"t500, t850\)"):
+        evaluate([path], store, tmp_path / "bad", config=cfg, log=QUIET)

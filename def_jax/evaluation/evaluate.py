@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from def_jax.catalogue import level_str
 from def_jax.data.store import match_level
 from def_jax.errors import UserError
 from def_jax.evaluation import bootstrap, metrics
@@ -82,6 +83,7 @@ class Settings:
     bootstrap_samples: int = 1000  # resamples of the cycles for the intervals (0: none)
     confidence: float = 0.9  # of the percentile intervals
     bootstrap_seed: int = 0
+    channels: tuple[str, ...] = ()  # the state channels to score (catalogue names); () = all
 
     @classmethod
     def from_config(cls, config) -> "Settings":
@@ -99,7 +101,7 @@ class Settings:
         if not 0.0 < confidence < 1.0:
             raise UserError(f"evaluation.confidence: must be in (0, 1), e.g. 0.9; got {confidence}")
         return cls(bool(ev.fair_crps), event_thresholds(config), windows, weighting, samples, confidence,
-                   int(ev.get("bootstrap_seed", 0)))
+                   int(ev.get("bootstrap_seed", 0)), tuple(str(c) for c in ev.get("channels", ())))
 
 
 # --- jitted per-field computations ------------------------------------------------------------------------------
@@ -184,6 +186,11 @@ def _open_forecast(path: Path, truth: Truth) -> xr.Dataset:
     return fds
 
 
+def channel_name(var: str, level: Optional[float]) -> str:
+    """The catalogue's name of a channel: ``t`` at 500 hPa → ``t500``; a single-level variable by its name."""
+    return var if level is None else f"{var}{level_str(level)}"
+
+
 def _level_pairs(path: Path, fds: xr.Dataset, truth: Truth, var: str, log, warned: set):
     """[(file level index, store level index, level hPa)] or [(None, None, None)] for a single-level variable."""
     da, store_levels = fds[var], truth.levels(var)
@@ -231,6 +238,10 @@ def _evaluate_cycle(path: Path, truth: Truth, settings: Settings, acc: Accumulat
                 log(f"evaluate: {v} is not in {path}: not evaluated")
         init_slot = truth.index.get(init)
         levels = {v: _level_pairs(path, fds, truth, v, log, warned) for v in variables}
+        if settings.channels:  # evaluation.channels: the named channels only
+            levels = {v: [p for p in pairs if channel_name(v, p[2]) in settings.channels]
+                      for v, pairs in levels.items()}
+            variables = [v for v in variables if levels[v]]
         persistence: dict[str, np.ndarray] = {}
         init_hours = int((init - np.datetime64(0, "ns")) // np.timedelta64(1, "h"))
         cycle_key = jax.random.fold_in(jax.random.key(0), init_hours)  # rank ties: reproducible per cycle
@@ -336,6 +347,13 @@ def evaluate(forecast_paths: list[Path], store: Path, out_dir: Path, *, config, 
         raise UserError("evaluate: no forecast files given")
     settings = Settings.from_config(config)
     truth = Truth(Path(store), settings.weighting, settings.thresholds, log)
+    if settings.channels:
+        known = {channel_name(v, lev) for v in truth.state
+                 for lev in (truth.levels(v) if truth.levels(v) is not None else [None])}
+        unknown = [c for c in settings.channels if c not in known]
+        if unknown:
+            raise UserError(f"evaluation.channels: {', '.join(unknown)} not among the store's state channels "
+                            f"({', '.join(sorted(known))})")
     for path in paths:  # check every file before the long pass
         _open_forecast(path, truth).close()
     acc = Accumulator()

@@ -131,6 +131,7 @@ class Plan:
     every: int = 30
     default_workdir: str = "runs/ensemble_study"
     summary: dict = dataclasses.field(default_factory=dict)
+    evaluate_flags: tuple = ()  # added to the test forecasts' `evaluate` (not to `tune`'s)
 
 
 def study_config(plan: Plan, w: Path):
@@ -273,7 +274,7 @@ def run_study(plan: Plan) -> int:
                     f"--every={every}", f"--out={d / 'forecasts'}"]
             forecasts.append((args, w / "logs" / f"forecast_s{s}_{kind}.log"))
             if not (d / "evaluation" / "scores.csv").exists():
-                evaluations.append(([DJ, "evaluate", *c, f"--forecasts={d / 'forecasts'}",
+                evaluations.append(([DJ, "evaluate", *c, *plan.evaluate_flags, f"--forecasts={d / 'forecasts'}",
                                      f"--out={d / 'evaluation'}"], w / "logs" / f"evaluate_s{s}_{kind}.log"))
     parallel(forecasts, width)
     parallel(evaluations, width)
@@ -308,7 +309,7 @@ def run_study(plan: Plan) -> int:
                                 f"--every={every}", f"--out={d / 'forecasts'}"],
                                w / "logs" / f"forecast_g{g}_{kind}.log"))
                 if not (d / "evaluation" / "scores.csv").exists():
-                    e_jobs.append(([DJ, "evaluate", *c, f"--forecasts={d / 'forecasts'}",
+                    e_jobs.append(([DJ, "evaluate", *c, *plan.evaluate_flags, f"--forecasts={d / 'forecasts'}",
                                     f"--out={d / 'evaluation'}"], w / "logs" / f"evaluate_g{g}_{kind}.log"))
         for jobs in (g_jobs, d_jobs, f_jobs, e_jobs):  # the seeds side by side, one per core
             parallel(jobs, width)
