@@ -246,6 +246,9 @@ def run_study(plan: Plan) -> int:
     settings = {kind: chosen(w / "tuning" / kind / "tuning.csv", criterion)
                 if (w / "tuning" / kind / "tuning.csv").exists() else earlier[kind] for kind in ensembles}
     (w / "chosen_settings.json").write_text(json.dumps(settings, indent=1, default=str) + "\n")
+    # the tuning's forecast files are not needed once scored (the Held–Suarez grids' fill 23 GB); tables stay
+    for folder in (w / "tuning").glob("*/*/forecasts"):
+        shutil.rmtree(folder)
     for kind, row in settings.items():
         log(f"  {kind}: {' '.join(setting_overrides(row))} (validation spread/skill {row['mean_ssr']:.2f}, "
             f"CRPS / deterministic MAE {row['crps_over_deterministic_mae']:.3f})")
