@@ -169,6 +169,22 @@ def mini_hrrr_world(w: Path, c: list) -> None:
         run([DJ, "stats", *c], w / "logs" / "world.log")
 
 
+def test_inits(cfg, every: int) -> tuple[list, str]:
+    """The test cycles' initial times, ``every`` hours apart from the start of ``data.test_period`` while the whole
+    forecast fits in it, and the first as ``--init`` text."""
+    import numpy as np
+
+    from def_jax.data.schema import parse_period
+
+    start, end = parse_period(cfg.data.test_period, "test_period")
+    lead = np.timedelta64(int(cfg.ensemble.lead_hours), "h")
+    inits, t = [], start
+    while t + lead <= end:
+        inits.append(t)
+        t = t + np.timedelta64(every, "h")
+    return inits, np.datetime_as_string(np.datetime64(inits[0], "h"), unit="h")
+
+
 def has_stats(store: Path) -> bool:
     """Whether the store's normalization statistics and spectral covariance are written."""
     import xarray as xr
@@ -254,18 +270,7 @@ def run_study(plan: Plan) -> int:
             f"CRPS / deterministic MAE {row['crps_over_deterministic_mae']:.3f})")
 
     log(f"5. test forecasts every {every} h and their evaluation")
-    cfg = study_config(plan, w)
-    from def_jax.data.schema import parse_period
-
-    start, end = parse_period(cfg.data.test_period, "test_period")
-    import numpy as np
-
-    lead = np.timedelta64(int(cfg.ensemble.lead_hours), "h")
-    inits, t = [], start
-    while t + lead <= end:
-        inits.append(t)
-        t = t + np.timedelta64(every, "h")
-    init_text = np.datetime_as_string(np.datetime64(inits[0], "h"), unit="h")
+    inits, init_text = test_inits(study_config(plan, w), every)
     forecasts, evaluations = [], []
     for s in seeds:
         for kind in ensembles:

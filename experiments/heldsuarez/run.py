@@ -114,18 +114,12 @@ def matched_gaussian(w: Path, every: int, seeds: list[int]) -> None:
     (w / "matched_spread.json").write_text(json.dumps(record, indent=1) + "\n")
     study.log(f"last stage: gaussian at DEF's validation spread: amplitude {amplitude:.3g} (spread ÷ DEF's over the "
               "grid " + ", ".join(f"{a:g}: {r:.2f}" for a, r in zip(scales, ratios)) + ")")
-    cfg = study.study_config(PLAN, w)
-    from def_jax.data.schema import parse_period
-
-    start, end = parse_period(cfg.data.test_period, "test_period")
-    lead = np.timedelta64(int(cfg.ensemble.lead_hours), "h")
-    cycles = int((end - lead - start) // np.timedelta64(every, "h")) + 1
-    init = np.datetime_as_string(np.datetime64(start, "h"), unit="h")
+    inits, init = study.test_inits(study.study_config(PLAN, w), every)
     s0, out = w / f"s{seeds[0]}", w / f"s{seeds[0]}" / "gaussian_matched"
     c = [f"--config={PLAN.config}:{w}", *shlex.split(os.environ.get("STUDY_FLAGS", ""))]
     study.run([study.DJ, "forecast", *c, f"--workdir={s0}", f"--config.seed={seeds[0]}",
                "--config.ensemble.perturbation=gaussian", f"--config.ensemble.perturbation_scale={amplitude:.6g}",
-               f"--init={init}", f"--cycles={cycles}", f"--every={every}", f"--out={out / 'forecasts'}"],
+               f"--init={init}", f"--cycles={len(inits)}", f"--every={every}", f"--out={out / 'forecasts'}"],
               w / "logs" / "forecast_gaussian_matched.log")
     if not (out / "evaluation" / "scores.csv").exists():
         study.run([study.DJ, "evaluate", *c, *PLAN.evaluate_flags, f"--forecasts={out / 'forecasts'}",
