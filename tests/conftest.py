@@ -21,9 +21,16 @@ assert jax.device_count() == 4, f"tests expect 4 virtual CPU devices, got {jax.d
 # One compilation cache for this test session, in a fresh temporary folder: the many tests that build the same tiny
 # training step or rollout again (a new jax.jit each run) load it instead of compiling it again. Every program is still
 # compiled once per session, and nothing is read from or left in the user's cache (ENVIRONMENT.md: a second compile
-# of the same program 11.5 s -> 1.2 s).
-_SESSION_CACHE = tempfile.TemporaryDirectory(prefix="def_jax_test_xla_")
-jax.config.update("jax_compilation_cache_dir", _SESSION_CACHE.name)
+# of the same program 11.5 s -> 1.2 s). The pytest-xdist workers share the folder of the process that started them
+# (they inherit its environment), so a program one worker compiled is loaded by the other; an entry read while the
+# other worker is still writing it fails to decompress, and JAX then warns and compiles it again.
+_CACHE_VARIABLE = "DEF_JAX_TEST_SESSION_XLA_CACHE"
+if os.environ.get(_CACHE_VARIABLE) and os.environ.get("PYTEST_XDIST_WORKER"):
+    _SESSION_CACHE_DIR = os.environ[_CACHE_VARIABLE]
+else:
+    _SESSION_CACHE = tempfile.TemporaryDirectory(prefix="def_jax_test_xla_")  # removed when this process ends
+    _SESSION_CACHE_DIR = os.environ[_CACHE_VARIABLE] = _SESSION_CACHE.name
+jax.config.update("jax_compilation_cache_dir", _SESSION_CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 

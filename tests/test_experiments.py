@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from local_launch import xla_flags
+from local_launch import jax_env
 
 from def_jax import parallel
 from def_jax.errors import UserError
@@ -106,7 +106,8 @@ def test_explicit_settings_are_checked():
 
 
 def test_gpu_check_runs_at_a_tiny_size(tmp_path, mini_store):
-    """experiments/benchmarks/gpu_check.sh end to end on the CPU (4 virtual devices) with the tiny config in the direct
+    """experiments/benchmarks/gpu_check.sh end to end on one CPU device (the check is for one GPU; the benchmarks on
+    several devices are test_bench.py's and test_cli.py's) with the tiny config in the direct
     mode with rematerialized blocks (hrrr_4090's setting): bench sampler, bench train of both networks, info --memory
     and the summary, on the session's 32×32 store in place of the script's own (its synth → prepare → stats is the
     chain that test_synth.py runs). The real update programs run (one warm-up and one timed update each)."""
@@ -114,7 +115,7 @@ def test_gpu_check_runs_at_a_tiny_size(tmp_path, mini_store):
 
     (tmp_path / "store.zarr").symlink_to(mini_store)
     (tmp_path / "store.ready").touch()
-    env = dict(__import__("os").environ, XLA_FLAGS=xla_flags(4),
+    env = dict(jax_env(1),
                CONFIG=f"{ROOT / 'tests' / 'tiny_config.py'}:unused.zarr", SIZES="32",
                MEMBERS="4", SAMPLER_STEPS="2", TRAIN_STEPS="1", LEAD_STEPS="1",
                EXTRA=" ".join(["--config.diffusion.mode=direct", "--config.diffusion.direct_history=2",
@@ -134,10 +135,10 @@ def test_gpu_check_runs_at_a_tiny_size(tmp_path, mini_store):
     assert forecaster["estimate_gb"] > 0 and diffusion["estimate_gb"] > 0
     for model in ("forecaster", "diffusion"):
         (r,) = json.loads((tmp_path / f"train_{model}_32.json").read_text())["models"]
-        assert r["updates_done"] == 2 and r["timed_updates"] == 1 and r["devices"] == 4 and r["global_batch"] == 4
+        assert r["updates_done"] == 2 and r["timed_updates"] == 1 and r["devices"] == 1 and r["global_batch"] == 4
         assert r["input_shape"][-3:-1] == [32, 32] and r["updates_per_s"] > 0 and r["gflop_per_update"] > 0
         assert np.isfinite(r["last_loss"]) and 0 < r["achieved_fraction_of_matmul"] < 2
     s = json.loads((tmp_path / "sampler_32.json").read_text())
     assert s["mode"] == "direct_residual" and s["walks"] == 0 and s["guided_batch"] == 8  # λ = 0.5: 2B per call
-    assert s["shape"] == [4, 32, 32, 18] and s["devices"] == 4 and s["rollout_s"] > 0
+    assert s["shape"] == [4, 32, 32, 18] and s["devices"] == 1 and s["rollout_s"] > 0
     assert "members×steps/s" in run.stdout and "wrote" in run.stdout

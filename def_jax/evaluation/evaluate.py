@@ -348,8 +348,7 @@ def evaluate(forecast_paths: list[Path], store: Path, out_dir: Path, *, config, 
     settings = Settings.from_config(config)
     truth = Truth(Path(store), settings.weighting, settings.thresholds, log)
     if settings.channels:
-        known = {channel_name(v, lev) for v in truth.state
-                 for lev in (truth.levels(v) if truth.levels(v) is not None else [None])}
+        known = {c for v in truth.reader.catalogue.by_role("state") if v.name in truth.ds for c in v.channels}
         unknown = [c for c in settings.channels if c not in known]
         if unknown:
             raise UserError(f"evaluation.channels: {', '.join(unknown)} not among the store's state channels "

@@ -80,7 +80,21 @@ def build_denoiser(cfg: Any, channels: Channels, seed: int, prior: Optional[Spec
 
 
 def init_params(build: Callable[[], nnx.Module], sharding) -> tuple[nnx.GraphDef, Any]:
-    """Graph definition and parameters, initialized in one compiled program placed with ``sharding``."""
-    graphdef = nnx.graphdef(nnx.eval_shape(build))
-    params = jax.jit(lambda: nnx.state(build()), out_shardings=sharding)()
-    return graphdef, params
+    """Graph definition and parameters, initialized in one compiled program placed with ``sharding`` (the module is
+    built once, under the trace; its graph definition holds no arrays)."""
+    graphdefs = []
+
+    def initialize():
+        graphdef, state = nnx.split(build())
+        graphdefs.append(graphdef)
+        return state
+
+    params = jax.jit(initialize, out_shardings=sharding)()
+    return graphdefs[0], params
+
+
+def abstract_params(build: Callable[[], nnx.Module], sharding) -> tuple[nnx.GraphDef, Any]:
+    """Graph definition and the parameters' shapes, dtypes and placement ``sharding``, without computing any value:
+    the target of a checkpoint restore (the trained weights replace every initial value)."""
+    graphdef, state = nnx.split(nnx.eval_shape(build))
+    return graphdef, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)

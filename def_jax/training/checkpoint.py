@@ -29,7 +29,7 @@ from flax import nnx
 
 from def_jax import parallel
 from def_jax.errors import UserError
-from def_jax.models.build import build_denoiser, build_forecaster, channels_of_store, init_params, null_prior
+from def_jax.models.build import abstract_params, build_denoiser, build_forecaster, channels_of_store, null_prior
 from def_jax.models.networks import Channels
 from def_jax.training.state import init_train_state, make_optimizer
 
@@ -169,10 +169,13 @@ def load_trained(kind: str, cfg: Any, workdir: Path, channels: Channels, mesh, c
     prior = null_prior(cfg, channels_of_store(cfg)) if kind == "diffusion" else None
     build = (lambda: build_forecaster(cfg, channels, cfg.seed)) if kind == "forecaster" else \
         (lambda: build_denoiser(cfg, channels, cfg.seed + 1, prior))
-    graphdef, params = init_params(build, parallel.replicated(mesh))
+    replicated = parallel.replicated(mesh)
+    graphdef, params = abstract_params(build, replicated)
     tcfg = cfg.training[kind]
     optimizer, _ = make_optimizer(tcfg, 1)
-    template = abstract(init_train_state(params, optimizer, seed=cfg.seed, ema_decay=tcfg.ema_decay))
+    # the training state's structure (optimizer moments, EMA, step, key) without computing it, every leaf replicated
+    shapes = jax.eval_shape(lambda p: init_train_state(p, optimizer, seed=cfg.seed, ema_decay=tcfg.ema_decay), params)
+    template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)
     state, _, _ = ckpt.restore(step, template, best=best)
     ckpt.close()
     params = state.ema if state.ema is not None else state.params
