@@ -18,7 +18,8 @@ interruption. Stages, with WORKDIR = W:
    ``W/chosen_settings.json``, whose entries stand for any ensemble whose tuning table was removed;
 5. test forecasts at the chosen settings, from initial times ``EVERY`` hours apart over the test period: DEF for
    every seed (the seed changes ε_θ and the walks' draws), the baselines, which do not use ε_θ, for the first seed →
-   ``W/sS/<ensemble>/forecasts``, and ``evaluate`` → ``W/sS/<ensemble>/evaluation``;
+   ``W/sS/<ensemble>/forecasts``, and ``evaluate`` → ``W/sS/<ensemble>/evaluation``; then the plan's last stage,
+   if it has one (the Held–Suarez study's Gaussian ensemble at DEF's spread);
 6. ``summarize.py W`` → ``W/RESULTS_tables.md`` (the tables of docs/RESULTS.md) and ``plot`` of all ensembles;
 7. with ``GSEEDS`` beyond the first: for each further G_φ seed g, ``W/gseed<g>`` holds a G_φ trained with seed g, an
    ε_θ of the first ε_θ seed trained with it, and every ensemble at the chosen settings (not tuned again) over the same
@@ -132,6 +133,45 @@ class Plan:
     default_workdir: str = "runs/ensemble_study"
     summary: dict = dataclasses.field(default_factory=dict)
     evaluate_flags: tuple = ()  # added to the test forecasts' `evaluate` (not to `tune`'s)
+    # after the test forecasts, before the tables: ``last_stage(study_run)`` → the labels of the ensemble folders it
+    # added under ``W/s<first seed>/``, tabled and plotted beside the plan's ensembles
+    last_stage: Callable[["StudyRun"], list] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyRun:
+    """One run of a plan: its workdir, the flags every command takes, the seeds, and the test cycles."""
+
+    plan: Plan
+    w: Path
+    flags: list  # --config=… and STUDY_FLAGS
+    seeds: list
+    every: int
+    width: int  # parallel jobs
+
+    def test_cycles(self) -> tuple[list, str]:
+        return test_inits(study_config(self.plan, self.w), self.every)
+
+    def forecast_job(self, workdir: Path, seed: int, overrides: list, out: Path, name: str) -> tuple:
+        """``forecast`` of the test cycles with ``overrides`` → ``out/forecasts`` (a job of :func:`parallel`)."""
+        inits, init_text = self.test_cycles()
+        return ([DJ, "forecast", *self.flags, f"--workdir={workdir}", f"--config.seed={seed}", *overrides,
+                 f"--init={init_text}", f"--cycles={len(inits)}", f"--every={self.every}",
+                 f"--out={out / 'forecasts'}"], self.w / "logs" / f"forecast_{name}.log")
+
+    def evaluate_job(self, out: Path, name: str) -> tuple | None:
+        """``evaluate`` of ``out/forecasts`` → ``out/evaluation``; None when its scores exist."""
+        if (out / "evaluation" / "scores.csv").exists():
+            return None
+        return ([DJ, "evaluate", *self.flags, *self.plan.evaluate_flags, f"--forecasts={out / 'forecasts'}",
+                 f"--out={out / 'evaluation'}"], self.w / "logs" / f"evaluate_{name}.log")
+
+    def tables(self) -> None:
+        """``summarize.py W`` → ``W/RESULTS_tables.md``."""
+        with open(self.w / "RESULTS_tables.md", "w") as out:
+            if subprocess.run([sys.executable, str(CONFIG.parent / "summarize.py"), str(self.w)], stdout=out,
+                              cwd=ROOT).returncode:
+                raise SystemExit("summarize.py failed")
 
 
 def study_config(plan: Plan, w: Path):
@@ -206,10 +246,11 @@ def run_study(plan: Plan) -> int:
     gseeds = [int(s) for s in os.environ.get("GSEEDS", "0").split()]
     every = int(os.environ.get("EVERY", str(plan.every)))
     width = int(os.environ.get("JOBS", "2"))
-    ensembles, summarize = plan.ensembles, CONFIG.parent / "summarize.py"
+    ensembles = plan.ensembles
     w.mkdir(parents=True, exist_ok=True)
     (w / "study.json").write_text(json.dumps(dict(plan.summary, ensembles=list(ensembles)), indent=1) + "\n")
     c = [f"--config={plan.config}:{w}", *shlex.split(os.environ.get("STUDY_FLAGS", ""))]
+    this = StudyRun(plan, w, c, seeds, every, width)
     t0 = time.time()
 
     log("1. the world")
@@ -270,28 +311,24 @@ def run_study(plan: Plan) -> int:
             f"CRPS / deterministic MAE {row['crps_over_deterministic_mae']:.3f})")
 
     log(f"5. test forecasts every {every} h and their evaluation")
-    inits, init_text = test_inits(study_config(plan, w), every)
     forecasts, evaluations = [], []
     for s in seeds:
         for kind in ensembles:
             if kind != "def" and s != seeds[0]:
                 continue  # the baselines do not use ε_θ: the seeds' other models are the same G_φ
             d = w / f"s{s}" / kind
-            args = [DJ, "forecast", *c, f"--workdir={w / f's{s}'}", f"--config.seed={s}",
-                    *setting_overrides(settings[kind]), f"--init={init_text}", f"--cycles={len(inits)}",
-                    f"--every={every}", f"--out={d / 'forecasts'}"]
-            forecasts.append((args, w / "logs" / f"forecast_s{s}_{kind}.log"))
-            if not (d / "evaluation" / "scores.csv").exists():
-                evaluations.append(([DJ, "evaluate", *c, *plan.evaluate_flags, f"--forecasts={d / 'forecasts'}",
-                                     f"--out={d / 'evaluation'}"], w / "logs" / f"evaluate_s{s}_{kind}.log"))
+            forecasts.append(this.forecast_job(w / f"s{s}", s, setting_overrides(settings[kind]), d, f"s{s}_{kind}"))
+            evaluations.append(this.evaluate_job(d, f"s{s}_{kind}"))
     parallel(forecasts, width)
-    parallel(evaluations, width)
+    parallel([job for job in evaluations if job], width)
+    if plan.last_stage:
+        extra = plan.last_stage(this)
+        ensembles = (*ensembles, *extra)
+        record = json.loads((w / "study.json").read_text())
+        (w / "study.json").write_text(json.dumps(dict(record, ensembles=list(ensembles)), indent=1) + "\n")
 
     log("6. tables and figures")
-    with open(w / "RESULTS_tables.md", "w") as out:
-        code = subprocess.run([sys.executable, str(summarize), str(w)], stdout=out, cwd=ROOT).returncode
-    if code:
-        raise SystemExit("summarize.py failed")
+    this.tables()
     evals = ",".join(str(w / f"s{seeds[0]}" / kind / "evaluation") for kind in ensembles)
     if (w / "plots").exists():
         shutil.rmtree(w / "plots")
@@ -310,20 +347,14 @@ def run_study(plan: Plan) -> int:
                            w / "logs" / f"forecaster_g{g}.log"))
             d_jobs.append(([DJ, "train-diffusion", *c, f"--workdir={gw / f's{s0}'}", f"--config.seed={s0}"],
                            w / "logs" / f"diffusion_g{g}_s{s0}.log"))
-            for kind in ensembles:
+            for kind in plan.ensembles:
                 d = gw / f"s{s0}" / kind
-                f_jobs.append(([DJ, "forecast", *c, f"--workdir={gw / f's{s0}'}", f"--config.seed={s0}",
-                                *setting_overrides(settings[kind]), f"--init={init_text}", f"--cycles={len(inits)}",
-                                f"--every={every}", f"--out={d / 'forecasts'}"],
-                               w / "logs" / f"forecast_g{g}_{kind}.log"))
-                if not (d / "evaluation" / "scores.csv").exists():
-                    e_jobs.append(([DJ, "evaluate", *c, *plan.evaluate_flags, f"--forecasts={d / 'forecasts'}",
-                                    f"--out={d / 'evaluation'}"], w / "logs" / f"evaluate_g{g}_{kind}.log"))
+                f_jobs.append(this.forecast_job(gw / f"s{s0}", s0, setting_overrides(settings[kind]), d,
+                                                f"g{g}_{kind}"))
+                e_jobs.append(this.evaluate_job(d, f"g{g}_{kind}"))
         for jobs in (g_jobs, d_jobs, f_jobs, e_jobs):  # the seeds side by side, one per core
-            parallel(jobs, width)
-        with open(w / "RESULTS_tables.md", "w") as out:
-            if subprocess.run([sys.executable, str(summarize), str(w)], stdout=out, cwd=ROOT).returncode:
-                raise SystemExit("summarize.py failed")
+            parallel([job for job in jobs if job], width)
+        this.tables()
 
     log(f"done in {(time.time() - t0) / 60:.1f} min: {w / 'RESULTS_tables.md'}, {w / 'plots'}")
     return 0

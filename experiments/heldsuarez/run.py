@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -62,12 +59,6 @@ def world(w: Path, c: list) -> None:
         study.run([study.DJ, "stats", *hs], w / "logs" / "world.log")
 
 
-PLAN = study.Plan(config=ROOT / "experiments" / "heldsuarez" / "config.py", world=world, grids=GRIDS,
-                  tune_flags=("--every=102", "--max_cycles=4"), plot_variables="z500,t850,u250",
-                  every=204, default_workdir="runs/heldsuarez_study", summary=SUMMARY,
-                  # the tables' channels: all 53 of 21 ten-day cycles take 35 s per cycle and ensemble on one core
-                  evaluate_flags=("--config.evaluation.channels=('z500','t850','u250','v500','sp')",))
-
 def spread_ratio(scores_csv: Path, reference_csv: Path) -> float:
     """The geometric mean over state channels and leads of one ensemble's validation spread over another's (the
     ``spread`` rows of two ``scores.csv``)."""
@@ -88,60 +79,55 @@ def spread_ratio(scores_csv: Path, reference_csv: Path) -> float:
     return float(np.exp(np.log(ratio).mean()))
 
 
-def matched_gaussian(w: Path, every: int, seeds: list[int]) -> None:
-    """DEF against the Gaussian baseline at DEF's spread (issue 18): the amplitude at which the Gaussian ensemble's
-    validation spread equals that of DEF's chosen setting (geometric mean over channels and leads of the ratio,
-    interpolated in log amplitude between the tuning grid's points, extrapolated at spread ∝ amplitude beyond it),
-    forecast over the test cycles (seed 0) → ``W/s0/gaussian_matched``, evaluated, and tabled by summarize.py."""
+def matched_amplitude(scales: list[float], ratios: list[float]) -> float:
+    """The Gaussian amplitude whose spread equals DEF's: ``ratios[i]`` is the spread at amplitude ``scales[i]`` (in
+    increasing order) over DEF's; interpolated in log amplitude against log ratio inside the grid, and beyond it
+    extrapolated from the nearest end at spread ∝ amplitude."""
     import numpy as np
 
+    la, lr = np.log(scales), np.log(ratios)
+    if lr[0] <= 0 <= lr[-1]:
+        return float(np.exp(np.interp(0.0, lr, la)))
+    end = 0 if lr[0] > 0 else -1
+    return float(np.exp(la[end] - lr[end]))
+
+
+def matched_gaussian(run: "study.StudyRun") -> list[str]:
+    """DEF against the Gaussian baseline at DEF's spread (issue 18): the amplitude at which the Gaussian ensemble's
+    validation spread equals that of DEF's chosen setting (geometric mean over channels and leads of the ratio,
+    :func:`matched_amplitude`), forecast over the test cycles (the first seed's folder) → ``W/s<seed>/gaussian_matched``
+    and evaluated; the study tables and plots it beside the other ensembles."""
     from def_jax.tuning import setting_tag
 
-    settings = json.loads((w / "chosen_settings.json").read_text())
-    d = settings["def"]
+    w, seed = run.w, run.seeds[0]
+    d = json.loads((w / "chosen_settings.json").read_text())["def"]
     ref = w / "tuning" / "def" / setting_tag("def", int(d["walks"]), float(d["scale"])) / "evaluation" / "scores.csv"
     scales = [float(x) for x in GRIDS["gaussian"]["scales"].split(",")]
     ratios = [spread_ratio(w / "tuning" / "gaussian" / setting_tag("gaussian", 0, a) / "evaluation" / "scores.csv", ref)
               for a in scales]
-    la, lr = np.log(scales), np.log(ratios)
-    if lr[0] <= 0 <= lr[-1]:
-        amplitude = float(np.exp(np.interp(0.0, lr, la)))
-    else:  # beyond the grid: spread ∝ amplitude from the nearest end
-        end = 0 if lr[0] > 0 else -1
-        amplitude = float(np.exp(la[end] - lr[end]))
+    amplitude = matched_amplitude(scales, ratios)
     record = {"amplitude": amplitude, "def_setting": {"scale": d["scale"], "walks": d["walks"]},
               "grid": dict(zip(map(str, scales), ratios))}
     (w / "matched_spread.json").write_text(json.dumps(record, indent=1) + "\n")
     study.log(f"last stage: gaussian at DEF's validation spread: amplitude {amplitude:.3g} (spread ÷ DEF's over the "
               "grid " + ", ".join(f"{a:g}: {r:.2f}" for a, r in zip(scales, ratios)) + ")")
-    inits, init = study.test_inits(study.study_config(PLAN, w), every)
-    s0, out = w / f"s{seeds[0]}", w / f"s{seeds[0]}" / "gaussian_matched"
-    c = [f"--config={PLAN.config}:{w}", *shlex.split(os.environ.get("STUDY_FLAGS", ""))]
-    study.run([study.DJ, "forecast", *c, f"--workdir={s0}", f"--config.seed={seeds[0]}",
-               "--config.ensemble.perturbation=gaussian", f"--config.ensemble.perturbation_scale={amplitude:.6g}",
-               f"--init={init}", f"--cycles={len(inits)}", f"--every={every}", f"--out={out / 'forecasts'}"],
-              w / "logs" / "forecast_gaussian_matched.log")
-    if not (out / "evaluation" / "scores.csv").exists():
-        study.run([study.DJ, "evaluate", *c, *PLAN.evaluate_flags, f"--forecasts={out / 'forecasts'}",
-                   f"--out={out / 'evaluation'}"],
-                  w / "logs" / "evaluate_gaussian_matched.log")
-    plan = json.loads((w / "study.json").read_text())
-    plan["ensembles"] = [*PLAN.ensembles, "gaussian_matched"]
-    (w / "study.json").write_text(json.dumps(plan, indent=1) + "\n")
-    with open(w / "RESULTS_tables.md", "w") as f:
-        if subprocess.run([sys.executable, str(study.CONFIG.parent / "summarize.py"), str(w)], stdout=f,
-                          cwd=ROOT).returncode:
-            raise SystemExit("summarize.py failed")
+    out = w / f"s{seed}" / "gaussian_matched"
+    study.run(*run.forecast_job(w / f"s{seed}", seed, ["--config.ensemble.perturbation=gaussian",
+                                                       f"--config.ensemble.perturbation_scale={amplitude:.6g}"],
+                                out, "gaussian_matched"))
+    job = run.evaluate_job(out, "gaussian_matched")
+    if job:
+        study.run(*job)
+    return ["gaussian_matched"]
 
 
-def main() -> int:
-    code = study.run_study(PLAN)
-    w = Path(sys.argv[1] if len(sys.argv) > 1 else PLAN.default_workdir).absolute()
-    matched_gaussian(w, int(os.environ.get("EVERY", str(PLAN.every))),
-                     [int(s) for s in os.environ.get("SEEDS", "0 1 2").split()])
-    study.log(f"done: {w / 'RESULTS_tables.md'}")
-    return code
+PLAN = study.Plan(config=ROOT / "experiments" / "heldsuarez" / "config.py", world=world, grids=GRIDS,
+                  tune_flags=("--every=102", "--max_cycles=4"), plot_variables="z500,t850,u250",
+                  every=204, default_workdir="runs/heldsuarez_study", summary=SUMMARY,
+                  # the tables' channels: all 53 of 21 ten-day cycles take 35 s per cycle and ensemble on one core
+                  evaluate_flags=("--config.evaluation.channels=('z500','t850','u250','v500','sp')",),
+                  last_stage=matched_gaussian)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(study.run_study(PLAN))
