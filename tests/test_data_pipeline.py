@@ -300,6 +300,38 @@ def test_worker_processes_give_the_same_batches(train):
         _loader(train, **kw).iterator(state)
 
 
+def test_in_memory_periods_give_the_store_reads(store, train, monkeypatch):
+    """data.in_memory: the period is read once per process, and every sample (crops, per-sample normalization, a
+    worker process's copy, the stride of a longer step) equals the one read from the store; too large a period is
+    refused, naming the field."""
+    import pickle
+
+    from def_jax.data import source as source_module
+
+    cached = WindowSource(store, history=HISTORY, lead_steps=LEAD, period=TRAIN, split="train", in_memory=True)
+    assert cached.memory_bytes() == (cached.span().stop - cached.span().start) * 12 * 16 * 4 * (
+        len(cached.state_channels) + len(cached.forcing_channels))
+    region = (2, 3, 6, 8)
+    for j in range(len(train)):
+        assert _arrays_equal(cached.read(j), train.read(j)) and _arrays_equal(cached.read(j, region),
+                                                                                train.read(j, region))
+    assert _arrays_equal(cached.read(0), train.read(0))  # read() normalized its own copy: the memory is unchanged
+    assert pickle.loads(pickle.dumps(cached))._memory is None  # a Grain worker reads the period itself
+    kw = dict(crop_shape=(6, 8), batch_size=3, num_epochs=1)
+    with iter(_loader(cached, worker_count=1, **kw)) as it:
+        assert all(_arrays_equal(a, b) for a, b in zip(it, _loader(train, **kw)))
+    for extra in (dict(normalization="per_sample"), dict(dt_hours=2)):
+        plain = WindowSource(store, history=HISTORY, lead_steps=LEAD, period=TRAIN, split="train", **extra)
+        memory = WindowSource(store, history=HISTORY, lead_steps=LEAD, period=TRAIN, split="train", in_memory=True,
+                              **extra)
+        assert len(memory) == len(plain) > 0
+        assert all(_arrays_equal(memory.read(j), plain.read(j)) for j in range(len(plain)))
+    monkeypatch.setattr(source_module.os, "sysconf", lambda name: 1 if name == "SC_PAGE_SIZE" else 1000)
+    with pytest.raises(UserError, match=r"data\.in_memory: the train period of .* takes .* GiB, more than half of "
+                                        r"this machine's .*; set --config\.data\.in_memory=false"):
+        WindowSource(store, history=HISTORY, lead_steps=LEAD, period=TRAIN, split="train", in_memory=True)
+
+
 def test_config_builds_sources_and_counts_windows(store):
     cfg = presets.get_config("demo")
     cfg.data.store = str(store)

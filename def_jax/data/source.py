@@ -32,6 +32,7 @@ per process.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -49,7 +50,7 @@ class WindowSource:
     def __init__(self, store: str | Path, *, history: int = 1, lead_steps: int = 1,
                  period: Optional[windows.PeriodLike] = None, split: str = "", normalization: str = "global",
                  statics: Optional[Sequence[str]] = None, time_encodings: bool = True,
-                 dt_hours: Optional[float] = None):
+                 dt_hours: Optional[float] = None, in_memory: bool = False):
         if history < 1 or lead_steps < 1:
             raise UserError(f"history ({history}) and lead_steps ({lead_steps}) must be ≥ 1")
         self.store = str(store)
@@ -75,6 +76,10 @@ class WindowSource:
                                                   stride=self.stride, dt=_hours(store_dt))  # [N]
         if self.starts.size == 0:
             raise windows.empty_split_error(split, self.period, self.times, status, history, lead_steps, self.stride)
+        self.in_memory = bool(in_memory)
+        self._memory: Optional[tuple] = None  # (pid, first slot, states, forcings) once read (in_memory)
+        if self.in_memory:
+            _check_memory(self.memory_bytes(), split, self.store)
         self.state_stats = self.forcing_stats = None
         if self.normalization == "global":
             stats = reader.load_stats(self.state_fields + self.forcing_fields)
@@ -91,6 +96,11 @@ class WindowSource:
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         """The full-grid sample of window ``index``."""
         return self.read(index)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_memory"] = None  # a process that gets a pickled source reads the period itself
+        return state
 
     def __repr__(self) -> str:  # stable across processes: Grain checks it when restoring an iterator's state
         return (f"WindowSource(store={self.store!r}, split={self.split!r}, "
@@ -110,12 +120,31 @@ class WindowSource:
         i = int(self.starts[index])
         return self.times[i + self.stride * np.arange(self.window_length)]
 
+    def span(self) -> slice:
+        """The store time slots the windows cover, from the first window's first slot to the last one's last."""
+        return slice(int(self.starts.min()), int(self.starts.max()) + (self.window_length - 1) * self.stride + 1)
+
+    def memory_bytes(self) -> int:
+        """Bytes of the states and forcings of :meth:`span` on the full grid (what ``in_memory`` holds)."""
+        channels = sum(len(f.channels) for f in self.state_fields + self.forcing_fields)
+        return (self.span().stop - self.span().start) * self.grid_shape[0] * self.grid_shape[1] * channels * 4
+
     def read_raw(self, index: int, region: Optional[Region] = None) -> tuple[np.ndarray, np.ndarray]:
-        """Physical-unit states [k+n, h, w, C_state] and forcings [k+n, h, w, C_forcing] of window ``index``."""
+        """Physical-unit states [k+n, h, w, C_state] and forcings [k+n, h, w, C_forcing] of window ``index``
+        (new arrays: :meth:`read` normalizes them in place)."""
         i = int(self.starts[index])
-        t_sl = slice(i, i + (self.window_length - 1) * self.stride + 1, self.stride)
-        return (self.store_reader.read(self.state_fields, t_sl, region),
-                self.store_reader.read(self.forcing_fields, t_sl, region))
+        if not self.in_memory:
+            t_sl = slice(i, i + (self.window_length - 1) * self.stride + 1, self.stride)
+            return (self.store_reader.read(self.state_fields, t_sl, region),
+                    self.store_reader.read(self.forcing_fields, t_sl, region))
+        if self._memory is None or self._memory[0] != os.getpid():
+            span = self.span()  # read once per process, all variables at once, in physical units
+            self._memory = (os.getpid(), span.start, self.store_reader.read(self.state_fields, span),
+                            self.store_reader.read(self.forcing_fields, span))  # [S, H, W, Cs], [S, H, W, Cf]
+        _, first, states, forcings = self._memory
+        t_sl = slice(i - first, i - first + (self.window_length - 1) * self.stride + 1, self.stride)
+        y_sl, x_sl = region_slices(region, self.grid_shape)
+        return states[t_sl, y_sl, x_sl].copy(), forcings[t_sl, y_sl, x_sl].copy()
 
     def read(self, index: int, region: Optional[Region] = None) -> dict[str, np.ndarray]:
         """The normalized sample of window ``index`` (module docstring), on ``region`` = (y0, x0, h, w) or the grid."""
@@ -147,6 +176,16 @@ class WindowSource:
             crop_offset=np.array([y_sl.start, x_sl.start], np.int64),
         )
         return {key: (np.ascontiguousarray(v, np.float32) if v.dtype.kind == "f" else v) for key, v in out.items()}
+
+
+def _check_memory(nbytes: int, split: str, store: str) -> None:
+    """``data.in_memory`` holds a period's states and forcings in each reading process: at most half of the
+    machine's memory."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > total / 2:
+        raise UserError(f"data.in_memory: the {split or 'window'} period of {store} takes {nbytes / 2**30:.1f} GiB, "
+                        f"more than half of this machine's {total / 2**30:.1f} GiB; set --config.data.in_memory=false "
+                        "to read each window from the store")
 
 
 def _hours(hours: float) -> np.timedelta64:
