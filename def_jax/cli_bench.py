@@ -95,6 +95,7 @@ def _loader(cfg, fv) -> tuple[dict, str]:
         batch_size=fv.batch or t.batch_size, crop=tuple(cfg.data.crop_shape),
         workers=cfg.data.workers if fv.workers is None else fv.workers, num_batches=fv.batches,
         period=cfg.data.train_period, normalization=cfg.data.normalization, seed=cfg.seed,
+        in_memory=bool(cfg.data.in_memory),
     )
     return result, bench_loader.format_table(result)
 

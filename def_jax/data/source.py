@@ -26,8 +26,9 @@ order); the levels are looked up by value in the variable's level dimension (``l
 The store is read through one :class:`def_jax.data.store.StoreReader`: its metadata (times, status, level
 coordinates, statistics) are read once, in the process that builds the source; the data arrays are opened lazily with
 zarr in each process that reads (a Grain worker gets a pickled copy without open handles) and only the window's time
-slots and the requested ``y``/``x`` region are read (chunks are one time step). Statics are read and standardized once
-per process.
+slots and the requested ``y``/``x`` region are read (chunks are one time step). With ``in_memory=True`` the states and
+forcings of every slot the windows span are read once per process instead, and each window is a copy sliced from
+them. Statics are read and standardized once per process.
 """
 
 from __future__ import annotations
