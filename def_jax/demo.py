@@ -106,7 +106,9 @@ def data_stages(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
         print(f"stats: reusing the statistics of {cfg.data.train_period}")
     else:
         compute_stats(store, cfg.data.train_period)
-    source = source_from_config(cfg.data, "train", store=str(store))
+    check = cfg.data.copy_and_resolve_references()
+    check.in_memory = False  # one batch from the store: training reads the period into memory itself
+    source = source_from_config(check, "train", store=str(store))
     loader = make_loader(source, batch_size=cfg.training.forecaster.batch_size, seed=cfg.seed,
                          crop_shape=tuple(cfg.data.crop_shape), worker_count=cfg.data.workers)
     with iter(loader) as it:
