@@ -253,18 +253,23 @@ def _evaluate_cycle(path: Path, truth: Truth, settings: Settings, acc: Accumulat
                 continue
             done += 1
             for var in variables:
+                if not levels[var]:
+                    continue  # none of the file's levels is in the store (logged once)
                 y_all = truth.field(var, slot)  # [(L,) Y, X]
                 if init_slot is not None and var not in persistence:
                     persistence[var] = truth.field(var, init_slot)
-                for fi, si, level in levels[var]:
-                    sel = {"init_time": 0, "lead_time": j}
-                    if fi is not None:
-                        sel[fds[var].dims[3]] = fi
+                # the scored levels of the lead at once: members [M, (L,) Y, X], and the deterministic run
+                # [(L,) Y, X] when one of its levels is scored here (L = len(levels[var]), in that order)
+                member_block = _lead_block(fds, var, j, levels[var])
+                deterministic_block = None
+                for k, (fi, si, level) in enumerate(levels[var]):
                     y = y_all if si is None else y_all[si]  # [Y, X]
-                    fields = {system: np.asarray(fds[var].isel(sel).values, np.float32)}  # [M, Y, X]
+                    fields = {system: member_block if fi is None else member_block[:, k]}  # [M, Y, X]
                     reference = acc.first_reference((init, var, level, int(lead)))
                     if f"{var}_deterministic" in fds and reference:
-                        fields["deterministic"] = np.asarray(fds[f"{var}_deterministic"].isel(sel).values, np.float32)
+                        if deterministic_block is None:
+                            deterministic_block = _lead_block(fds, f"{var}_deterministic", j, levels[var])
+                        fields["deterministic"] = deterministic_block if fi is None else deterministic_block[k]
                     if var in persistence and reference:
                         persistence_field = persistence[var]
                         fields["persistence"] = persistence_field if si is None else persistence_field[si]
@@ -277,6 +282,17 @@ def _evaluate_cycle(path: Path, truth: Truth, settings: Settings, acc: Accumulat
         return done, skipped
     finally:
         fds.close()
+
+
+def _lead_block(fds: xr.Dataset, name: str, lead_index: int, pairs: list) -> np.ndarray:
+    """Variable ``name`` of a forecast file at one lead, every member, on the file levels of ``pairs``
+    (:func:`_level_pairs`, in their order), in one read: [M, (L,) Y, X] for a member variable, [(L,) Y, X] for a
+    deterministic one (the file's dimension order without ``init_time`` and ``lead_time``); float32."""
+    da = fds[name]
+    sel = {"init_time": 0, "lead_time": lead_index}
+    if pairs[0][0] is not None:
+        sel[da.dims[-3]] = [fi for fi, _, _ in pairs]  # the level dimension, before (y, x)
+    return np.asarray(da.isel(sel).values, np.float32)
 
 
 def _accumulate_field(acc: Accumulator, settings: Settings, truth: Truth, fields: dict, y: np.ndarray, var: str,
