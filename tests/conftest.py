@@ -22,8 +22,9 @@ assert jax.device_count() == 4, f"tests expect 4 virtual CPU devices, got {jax.d
 # training step or rollout again (a new jax.jit each run) load it instead of compiling it again. Every program is still
 # compiled once per session, and nothing is read from or left in the user's cache (ENVIRONMENT.md: a second compile
 # of the same program 11.5 s -> 1.2 s). The pytest-xdist workers share the folder of the process that started them
-# (they inherit its environment), so a program one worker compiled is loaded by the other; an entry read while the
-# other worker is still writing it fails to decompress, and JAX then warns and compiles it again.
+# (they inherit its environment), so a program one worker compiled is loaded by the other. JAX writes an entry without
+# a lock; one read while the other worker is still writing it fails to decompress, and JAX's reader catches that,
+# warns and compiles again (jax/_src/compiler.py, _cache_read: read in the source, not seen happen).
 _CACHE_VARIABLE = "DEF_JAX_TEST_SESSION_XLA_CACHE"
 if os.environ.get(_CACHE_VARIABLE) and os.environ.get("PYTEST_XDIST_WORKER"):
     _SESSION_CACHE_DIR = os.environ[_CACHE_VARIABLE]

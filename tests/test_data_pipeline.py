@@ -315,11 +315,16 @@ def test_in_memory_periods_give_the_store_reads(store, train, monkeypatch):
     for j in range(len(train)):
         assert _arrays_equal(cached.read(j), train.read(j)) and _arrays_equal(cached.read(j, region),
                                                                                 train.read(j, region))
+    memory = cached._memory
     assert _arrays_equal(cached.read(0), train.read(0))  # read() normalized its own copy: the memory is unchanged
+    assert cached._memory is memory  # read once in this process
     assert pickle.loads(pickle.dumps(cached))._memory is None  # a Grain worker reads the period itself
     kw = dict(crop_shape=(6, 8), batch_size=3, num_epochs=1)
     with iter(_loader(cached, worker_count=1, **kw)) as it:
-        assert all(_arrays_equal(a, b) for a, b in zip(it, _loader(train, **kw)))
+        in_worker = list(it)
+    in_process = list(_loader(train, **kw))
+    assert len(in_worker) == len(in_process) == len(train) // 3
+    assert all(_arrays_equal(a, b) for a, b in zip(in_worker, in_process))
     for extra in (dict(normalization="per_sample"), dict(dt_hours=2)):
         plain = WindowSource(store, history=HISTORY, lead_steps=LEAD, period=TRAIN, split="train", **extra)
         memory = WindowSource(store, history=HISTORY, lead_steps=LEAD, period=TRAIN, split="train", in_memory=True,

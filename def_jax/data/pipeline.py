@@ -223,7 +223,7 @@ def source_from_config(data: Any, split: str, *, lead_steps: int = 1, history: O
         store or data.store, history=data.history if history is None else history, lead_steps=lead_steps,
         period=getattr(data, f"{split}_period"), split=split, normalization=data.normalization,
         statics=tuple(data.statics), time_encodings=data.time_encodings, dt_hours=data.dt_hours,
-        in_memory=bool(data.get("in_memory", False)))
+        in_memory=bool(data.in_memory))
 
 
 def loader_from_config(config: Any, split: str, *, batch_size: int, lead_steps: int = 1,
